@@ -1,0 +1,1 @@
+//! The demo service (being built).

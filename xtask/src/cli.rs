@@ -1,0 +1,217 @@
+//! The whole command-line surface of `cargo xtask`, in one place.
+//! Flag names here are a contract with the README, CI workflows and tests.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Bake, launch and run the observability stack",
+    after_help = "Examples:\n  cargo xtask up                 # the whole stack on this machine, no AWS\n  cargo xtask bake --dry-run     # what would be baked, and why\n  cargo xtask bake               # bake the AMIs whose inputs changed\n  cargo xtask deploy             # launch the baked AMIs with Terraform"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Benchmark the demo app against a bare warp server on loopback.
+    Bench(BenchArgs),
+    /// Bake the golden AMIs whose inputs changed (content-addressed: unchanged inputs are never rebaked).
+    Bake(BakeArgs),
+    /// List the baked AMIs per role, with their input hash and whether an instance uses them.
+    Images(ImagesArgs),
+    /// Deregister old AMIs and delete their snapshots, keeping the newest N per role and any in use.
+    Prune(PruneArgs),
+    /// Pin upstream components: read each release's published checksums and rewrite images/versions.toml.
+    Pin(PinArgs),
+    /// Launch the stack on AWS from the AMIs that match this checkout, and wait until it is healthy.
+    Deploy(DeployArgs),
+    /// Destroy the deployed stack.
+    Destroy(DestroyArgs),
+    /// Show the deployed instances, the AMIs they run and the health of each service.
+    Status(StatusArgs),
+    /// Run the whole stack on this machine (127.0.0.1), no AWS and no Docker.
+    Up(UpArgs),
+    /// Stop a stack started with `cargo xtask up --detach`.
+    Down(DownArgs),
+    /// Show what a local stack is running.
+    Ps(PsArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchTarget {
+    /// The demo app versus a bare warp server.
+    App,
+    /// A no-op `bake` of all four roles against a local moto server.
+    Bake,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  cargo xtask bench app\n  cargo xtask bench app --duration 5s")]
+pub struct BenchArgs {
+    /// What to benchmark.
+    pub target: BenchTarget,
+    /// How long each load run lasts, e.g. `10s`.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask bake --dry-run\n  cargo xtask bake --only app --only grafana\n  cargo xtask bake --json > bake.json\n  AWS_ENDPOINT_URL=http://127.0.0.1:5000 cargo xtask bake --smoke"
+)]
+pub struct BakeArgs {
+    /// Bake only this role (repeatable): app, prometheus, loki, grafana.
+    #[arg(long = "only", value_name = "ROLE")]
+    pub only: Vec<String>,
+    /// Bake even when an AMI with the same input hash exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the plan (hashes, what would be built and why) and build nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the summary as JSON on stdout (progress goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// AWS region (default: the standard AWS settings).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// Build with the images' smoke source: registers an AMI without provisioning (moto, credential checks).
+    #[arg(long)]
+    pub smoke: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// AWS region (default: the standard AWS settings).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask prune --keep 5 --dry-run\n  cargo xtask prune --keep 5"
+)]
+pub struct PruneArgs {
+    /// How many of the newest AMIs to keep per role.
+    #[arg(long)]
+    pub keep: usize,
+    /// Print what would be deleted and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// AWS region (default: the standard AWS settings).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask pin                  # re-read the checksums of every pinned version\n  cargo xtask pin prometheus@3.13.1\n  cargo xtask pin --check          # offline: list entries that lack a verified checksum"
+)]
+pub struct PinArgs {
+    /// Components to pin, as NAME or NAME@VERSION (default: all, at their current versions).
+    #[arg(value_name = "COMPONENT[@VERSION]")]
+    pub components: Vec<String>,
+    /// Only report entries without a verified checksum; change nothing, fetch nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask deploy --plan-only\n  cargo xtask deploy --auto-approve --var-file prod.tfvars\n  cargo xtask deploy --latest"
+)]
+pub struct DeployArgs {
+    /// Apply without asking for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Show the plan and stop.
+    #[arg(long)]
+    pub plan_only: bool,
+    /// An extra Terraform variable file (e.g. allowed_web_cidrs).
+    #[arg(long, value_name = "FILE")]
+    pub var_file: Option<PathBuf>,
+    /// Use the newest AMI of each role instead of the one matching this checkout's hashes.
+    #[arg(long, conflicts_with = "ami")]
+    pub latest: bool,
+    /// An explicit AMI for a role, as ROLE=ami-... (repeatable).
+    #[arg(long, value_name = "ROLE=AMI")]
+    pub ami: Vec<String>,
+    /// How long to wait for the stack to become healthy, e.g. `10m`.
+    #[arg(long, default_value = "10m")]
+    pub health_timeout: String,
+    /// AWS region (default: the standard AWS settings).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// Destroy without asking for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// The same extra Terraform variable file given to deploy.
+    #[arg(long, value_name = "FILE")]
+    pub var_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// AWS region (default: the standard AWS settings).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask up\n  cargo xtask up --detach && cargo xtask ps && cargo xtask down\n  cargo xtask up --prometheus /usr/bin/prometheus --require-all"
+)]
+pub struct UpArgs {
+    /// Return once every component is healthy, leaving the stack running (stop it with `cargo xtask down`).
+    #[arg(long)]
+    pub detach: bool,
+    /// Fail if any component cannot be had, instead of running the rest.
+    #[arg(long)]
+    pub require_all: bool,
+    /// Never download a pinned release; use only explicit paths and PATH.
+    #[arg(long)]
+    pub offline: bool,
+    /// Path to a Prometheus binary.
+    #[arg(long, env = "STACK_PROMETHEUS_BIN", value_name = "PATH")]
+    pub prometheus: Option<PathBuf>,
+    /// Path to a Loki binary.
+    #[arg(long, env = "STACK_LOKI_BIN", value_name = "PATH")]
+    pub loki: Option<PathBuf>,
+    /// Path to a Promtail binary.
+    #[arg(long, env = "STACK_PROMTAIL_BIN", value_name = "PATH")]
+    pub promtail: Option<PathBuf>,
+    /// Path to a Grafana server binary.
+    #[arg(long, env = "STACK_GRAFANA_BIN", value_name = "PATH")]
+    pub grafana: Option<PathBuf>,
+    /// Where downloaded releases are cached.
+    #[arg(long, env = "STACK_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// How long to wait for the stack to become healthy, e.g. `90s`.
+    #[arg(long, default_value = "90s")]
+    pub timeout: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

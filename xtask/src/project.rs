@@ -1,0 +1,28 @@
+//! Where things are in the checkout.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root, resolved from this crate's manifest so `cargo xtask` works from
+/// any directory inside the checkout.
+pub fn root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| manifest_dir.to_path_buf())
+}
+
+/// `images/` in the checkout.
+pub fn images_dir() -> PathBuf {
+    root().join("images")
+}
+
+/// `target/` in the checkout (honours `CARGO_TARGET_DIR`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// The four image roles, in the order their services depend on each other.
+pub const ROLES: [&str; 4] = ["loki", "app", "prometheus", "grafana"];
