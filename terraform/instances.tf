@@ -1,0 +1,61 @@
+locals {
+  # Which peer addresses each role reads from its own tags (images/<role>/role.toml).
+  peer_tags = merge([
+    for role, peers in {
+      app        = ["loki"]
+      prometheus = ["app", "loki", "grafana"]
+      grafana    = ["prometheus", "loki"]
+      } : {
+      for peer in peers : "${role}_knows_${peer}" => { role = role, peer = peer }
+    }
+  ]...)
+}
+
+resource "aws_instance" "role" {
+  for_each = local.roles
+
+  ami                    = var.ami_ids[each.key]
+  instance_type          = lookup(var.instance_types, each.key, "t3.small")
+  subnet_id              = aws_subnet.public.id
+  vpc_security_group_ids = [local.security_group_ids[each.key]]
+  iam_instance_profile   = aws_iam_instance_profile.instance[each.key].name
+  monitoring             = true
+  ebs_optimized          = true
+  #checkov:skip=CKV_AWS_88:The stack lives in one public subnet (no NAT): the public address is how operators reach the UIs, filtered by allowed_web_cidrs, and how the SSM agent reaches its endpoints.
+  associate_public_ip_address = true
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = 1
+    instance_metadata_tags      = "enabled"
+  }
+
+  root_block_device {
+    volume_type           = "gp3"
+    volume_size           = var.root_volume_size_gb
+    encrypted             = true
+    delete_on_termination = true
+  }
+
+  tags = {
+    Name           = "${var.name}-${each.key}"
+    "obstack:role" = each.key
+  }
+}
+
+# Peer addresses exist only after launch, so they are written as separate tags: no
+# instance depends on another, and the boot agent waits (bounded) for the tags it needs.
+resource "aws_ec2_tag" "peer" {
+  for_each = local.peer_tags
+
+  resource_id = aws_instance.role[each.value.role].id
+  key         = "obstack:peer:${each.value.peer}"
+  value       = aws_instance.role[each.value.peer].private_ip
+}
+
+resource "aws_ec2_tag" "grafana_admin_password_param" {
+  resource_id = aws_instance.role["grafana"].id
+  key         = "obstack:grafana-admin-password-param"
+  value       = aws_ssm_parameter.grafana_admin_password.name
+}
