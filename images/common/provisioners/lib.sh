@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Helpers shared by the provisioning scripts. Sourced, never run: every script starts with
+#   . "${OBSTACK_STAGING:-/tmp/obstack}/common/provisioners/lib.sh"
+# Settings come only from the environment (Packer's environment_vars).
+
+log() { printf '==> [%s] %s\n' "${OBSTACK_ROLE:-?}" "$*" >&2; }
+
+die() {
+  printf 'error: [%s] %s\n' "${OBSTACK_ROLE:-?}" "$*" >&2
+  exit 1
+}
+
+# require_env NAME...: every NAME must be set and non-empty.
+require_env() {
+  local name
+  for name in "$@"; do
+    [ -n "${!name:-}" ] || die "$name is not set; Packer passes it from images/versions.toml through the bake's var file"
+  done
+}
+
+# The upper-case prefix of a component's settings: node_exporter -> NODE_EXPORTER.
+component_prefix() { printf '%s' "$1" | tr '[:lower:]-' '[:upper:]_'; }
+
+# fetch_verified URL SHA256 DEST: download over HTTPS and refuse anything whose SHA-256 is not
+# exactly the pinned one. Nothing unverified is ever left at DEST.
+fetch_verified() {
+  local url=$1 expected=$2 dest=$3
+  case $expected in
+    unverified | "") die "no verified SHA-256 for $url; run \`cargo xtask pin\` and bake again" ;;
+  esac
+  [[ $expected =~ ^[0-9a-f]{64}$ ]] || die "pinned SHA-256 for $url is not 64 hex digits: $expected"
+  log "downloading $url"
+  curl --fail --silent --show-error --location --proto '=https' --tlsv1.2 \
+    --retry 3 --retry-delay 2 --connect-timeout 20 --max-time 900 \
+    --output "$dest" "$url"
+  if ! printf '%s  %s\n' "$expected" "$dest" | sha256sum --check --strict --quiet -; then
+    rm -f "$dest"
+    die "SHA-256 mismatch for $url (expected $expected, got $(sha256sum "$dest" 2>/dev/null | cut -d' ' -f1)); refusing it"
+  fi
+  log "verified $(basename "$dest") against $expected"
+}
+
+# fetch_component NAME DEST: fetch_verified with NAME's pinned URL and SHA-256.
+fetch_component() {
+  local prefix
+  prefix=$(component_prefix "$1")
+  require_env "${prefix}_VERSION" "${prefix}_URL" "${prefix}_SHA256"
+  local url_var="${prefix}_URL" sum_var="${prefix}_SHA256"
+  fetch_verified "${!url_var}" "${!sum_var}" "$2"
+}
+
+# unzip_to ARCHIVE DIR: Ubuntu's cloud image has python3 (cloud-init needs it) but no unzip.
+unzip_to() { python3 -m zipfile -e "$1" "$2"; }
+
+# ensure_system_user NAME [EXTRA_GROUP]: a locked system account with no home and no shell.
+ensure_system_user() {
+  local name=$1
+  if ! id -u "$name" >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin "$name"
+    log "created system user $name"
+  fi
+  if [ -n "${2:-}" ]; then
+    usermod --append --groups "$2" "$name"
+  fi
+}
+
+# expect_version NAME COMMAND...: COMMAND's output must report NAME's pinned version.
+expect_version() {
+  local prefix version output
+  prefix=$(component_prefix "$1")
+  shift
+  require_env "${prefix}_VERSION"
+  local version_var="${prefix}_VERSION"
+  version=${!version_var}
+  output=$("$@" 2>&1) || die "$* failed: $output"
+  if ! grep -qE "version v?${version//./\\.}([^0-9.]|$)" <<<"$output"; then
+    die "$1 reports '$(head -n1 <<<"$output")', expected version $version"
+  fi
+  log "$1 is version $version"
+}
+
+# verify_units UNIT...: systemd's own checks (syntax, executables present, dependencies).
+verify_units() {
+  local unit paths=()
+  for unit in "$@"; do
+    paths+=("/etc/systemd/system/$unit")
+  done
+  systemd-analyze verify "${paths[@]}" || die "systemd-analyze verify failed for: $*"
+  log "units verified: $*"
+}
+
+# render_with_sample_tags TAGS_JSON OUT_DIR: renders this role's configs into OUT_DIR with the
+# baked agent and spec, exactly as at boot, but from sample tags instead of the instance's.
+render_with_sample_tags() {
+  local tags=$1 out=$2
+  install -d -m 0755 "$out"
+  /usr/local/bin/stack-agent render --role "$OBSTACK_ROLE" --tags-from "file:$tags" \
+    --instance-id i-bakeselfcheck --root "$out" ||
+    die "stack-agent could not render the $OBSTACK_ROLE configs from sample tags"
+}
