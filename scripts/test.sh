@@ -21,11 +21,15 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"
 fi
-# Debian's prometheus package starts a server on :9090; tests start their own.
-if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
-  as_root systemctl stop prometheus || true
+# Debian's prometheus package may start a server on :9090, the port `xtask up` tests use;
+# tests start their own servers, so stop the packaged ones (CI only: never a developer's).
+if [ "${CI:-}" = "true" ]; then
+  for unit in prometheus prometheus-node-exporter; do
+    if command -v systemctl >/dev/null && systemctl is-active --quiet "$unit" 2>/dev/null; then
+      as_root systemctl stop "$unit" || true
+    fi
+  done
 fi
-pkill -x prometheus 2>/dev/null || true
 
 # --- Python tools: moto (EC2/SSM API), checkov (Terraform policy) ------------------------
 pip_packages=()
