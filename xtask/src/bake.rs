@@ -1,4 +1,7 @@
-//! `cargo xtask bake` (being built).
+//! `cargo xtask bake`: content-addressed, parallel AMI bakes.
+
+pub mod artifacts;
+pub mod base;
 
 use crate::cli::BakeArgs;
 

@@ -1,11 +1,13 @@
 //! `cargo xtask`: the operator's commands. This file only dispatches; each command
 //! lives in its own module with a `run` function, and the CLI shape lives in `cli.rs`.
 
+mod ami;
 mod bake;
 mod bench;
 mod cli;
 mod cmd;
 mod deploy;
+mod hash;
 mod images;
 mod pin;
 mod project;
