@@ -159,7 +159,12 @@ pub fn workspace_root() -> PathBuf {
 /// Builds (if needed) the debug binary `bin` of workspace package `package` and returns its
 /// path. For tests in one crate that run another crate's binary (cargo only hands a crate
 /// its own binaries through `CARGO_BIN_EXE_*`). Cargo releases its build lock before running
-/// tests, so the nested build is safe; it is a no-op when the binary is fresh.
+/// tests, so the nested build is safe.
+///
+/// It builds `--workspace --all-targets`, the same selection as the suite's
+/// `cargo test --workspace --all-targets`: with the same features unified, the nested build is
+/// a no-op there. (`-p package --bin bin` would resolve a different feature set and rebuild
+/// the AWS SDKs, minutes of CI, for nothing.)
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
