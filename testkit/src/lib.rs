@@ -167,15 +167,18 @@ pub fn workspace_root() -> PathBuf {
 /// the AWS SDKs, minutes of CI, for nothing.)
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args(["build", "--quiet", "--workspace", "--all-targets"])
-        .status()
-        .expect("run cargo build");
-    assert!(
-        status.success(),
-        "cargo build --workspace --all-targets failed (needed for {package}'s `{bin}` binary)"
-    );
+    let build = |args: &[&str]| {
+        Command::new(&cargo)
+            .current_dir(workspace_root())
+            .args(args)
+            .status()
+            .map(|status| status.success())
+            .unwrap_or(false)
+    };
+    // While another crate is mid-edit the workspace may not build: fall back to the package.
+    let built = build(&["build", "--quiet", "--workspace", "--all-targets"])
+        || build(&["build", "--quiet", "-p", package, "--bin", bin]);
+    assert!(built, "cargo could not build {package}'s `{bin}` binary");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
