@@ -1,0 +1,510 @@
+//! Every role's templates, rendered through the boot agent's own renderer with the tags a
+//! real deployment carries, and the configs they produce checked key by key.
+
+mod stack;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use stack::{
+    file, promtail_stream_labels, render, render_sample, sample_tags, scrape_targets, yaml, APP_IP,
+    GRAFANA_IP, INSTANCE_ID, LOKI_IP, PROMETHEUS_IP, ROLES,
+};
+use stack_agent::AgentError;
+
+/// The systemd units of the images (fixed names every helper relies on).
+const UNITS: [&str; 5] = [
+    "demo-app.service",
+    "promtail.service",
+    "prometheus.service",
+    "loki.service",
+    "grafana-server.service",
+];
+
+fn role_spec(role: &str) -> toml::Value {
+    let path = stack::images_dir().join(role).join("role.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn spec_file_paths(role: &str) -> BTreeSet<String> {
+    role_spec(role)["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("role `{role}` renders no files"))
+        .iter()
+        .map(|f| f["path"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn spec_peers(role: &str) -> Vec<String> {
+    role_spec(role)
+        .get("peers")
+        .and_then(|p| p.as_table())
+        .map(|t| t.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_role_renders_every_file_of_its_spec() {
+    for role in ROLES {
+        let root = tempfile::tempdir().unwrap();
+        let files = render_sample(role, root.path());
+        let rendered: BTreeSet<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+        let expected: BTreeSet<PathBuf> = spec_file_paths(role)
+            .iter()
+            .map(|p| PathBuf::from(format!("{}{p}", root.path().display())))
+            .collect();
+        assert_eq!(
+            rendered, expected,
+            "role `{role}` rendered other files than its spec lists"
+        );
+        for rendered in &files {
+            let text = &rendered.contents;
+            for leftover in ["{{", "{%", "{#"] {
+                assert!(
+                    !text.contains(leftover),
+                    "{} still holds template syntax `{leftover}`:\n{text}",
+                    rendered.path.display()
+                );
+            }
+            assert!(
+                !rendered.services.is_empty(),
+                "{} restarts no service",
+                rendered.path.display()
+            );
+            for service in &rendered.services {
+                assert!(UNITS.contains(&service.as_str()), "unknown unit {service}");
+            }
+        }
+    }
+}
+
+#[test]
+fn on_ec2_files_land_at_their_machine_paths() {
+    for role in ROLES {
+        let files = render(role, &sample_tags(role), Path::new(""));
+        let rendered: BTreeSet<String> =
+            files.iter().map(|f| f.path.display().to_string()).collect();
+        assert_eq!(rendered, spec_file_paths(role), "role `{role}`");
+    }
+    let files = render("app", &sample_tags("app"), Path::new(""));
+    let promtail = yaml(&file(&files, Path::new(""), "/etc/promtail/config.yaml").contents);
+    assert_eq!(
+        promtail["scrape_configs"][0]["static_configs"][0]["labels"]["__path__"],
+        "/var/log/demo-app/app.log"
+    );
+}
+
+#[test]
+fn promtail_ships_only_the_live_log_with_low_cardinality_labels() {
+    let root = tempfile::tempdir().unwrap();
+    let files = render_sample("app", root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/promtail/config.yaml").contents);
+    let r = root.path().display();
+
+    assert_eq!(
+        config["clients"][0]["url"],
+        format!("http://{LOKI_IP}:3100/loki/api/v1/push")
+    );
+    assert_eq!(config["server"]["http_listen_address"], "0.0.0.0");
+    assert_eq!(config["server"]["http_listen_port"], 9080);
+    assert_eq!(
+        config["positions"]["filename"],
+        format!("{r}/var/lib/promtail/positions.yaml")
+    );
+
+    let jobs = config["scrape_configs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "one scrape job, the app's log");
+    let labels = &jobs[0]["static_configs"][0]["labels"];
+    let path = labels["__path__"].as_str().unwrap();
+    assert_eq!(path, format!("{r}/var/log/demo-app/app.log"));
+    assert!(
+        !path.contains(['*', '?', '[', '{']),
+        "a glob would also ship the rotated files: {path}"
+    );
+    assert_eq!(labels["job"], "demo-app");
+    assert_eq!(labels["host"], INSTANCE_ID);
+
+    let stream_labels = promtail_stream_labels(&config);
+    assert_eq!(
+        stream_labels,
+        BTreeSet::from(["host".to_string(), "job".to_string(), "level".to_string()]),
+        "Loki stream labels must stay job, host and level"
+    );
+}
+
+#[test]
+fn demo_app_env_file_uses_the_apps_own_variables() {
+    let root = tempfile::tempdir().unwrap();
+    let files = render_sample("app", root.path());
+    let env = env_file(&file(&files, root.path(), "/etc/default/demo-app").contents);
+    assert_eq!(env["DEMO_APP_LISTEN"], "0.0.0.0:5000");
+    assert_eq!(
+        env["DEMO_APP_LOG_FILE"],
+        format!("{}/var/log/demo-app/app.log", root.path().display())
+    );
+    // Every variable must be one the app reads (its clap `env = "..."` attributes).
+    let config_rs =
+        std::fs::read_to_string(testkit::workspace_root().join("app/src/config.rs")).unwrap();
+    for key in env.keys() {
+        assert!(
+            config_rs.contains(&format!("env = \"{key}\"")),
+            "demo-app does not read {key} (app/src/config.rs)"
+        );
+    }
+}
+
+#[test]
+fn ipv6_bind_address_gives_parseable_listen_addresses() {
+    let root = tempfile::tempdir().unwrap();
+    for (role, path, key) in [
+        ("app", "/etc/default/demo-app", "DEMO_APP_LISTEN"),
+        (
+            "prometheus",
+            "/etc/default/prometheus",
+            "PROMETHEUS_LISTEN_ADDRESS",
+        ),
+    ] {
+        let mut tags = sample_tags(role);
+        tags.insert("obstack:bind-address".into(), "::".into());
+        let files = render(role, &tags, root.path());
+        let env = env_file(&file(&files, root.path(), path).contents);
+        let listen: SocketAddr = env[key]
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}={} is not host:port: {e}", env[key]));
+        assert!(listen.is_ipv6(), "{key}={listen}");
+    }
+}
+
+fn env_file(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("not KEY=value: {l}"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_every_service_and_node_every_15s() {
+    let root = tempfile::tempdir().unwrap();
+    let files = render_sample("prometheus", root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/prometheus/prometheus.yml").contents);
+    assert_eq!(config["global"]["scrape_interval"], "15s");
+    assert_eq!(
+        config["rule_files"][0],
+        format!("{}/etc/prometheus/rules/*.yml", root.path().display())
+    );
+    let targets = scrape_targets(&config);
+    let expect = |job: &str, wanted: &[String]| {
+        let got = targets
+            .get(job)
+            .unwrap_or_else(|| panic!("no `{job}` job: {targets:?}"));
+        let wanted: BTreeSet<String> = wanted.iter().cloned().collect();
+        assert_eq!(got, &wanted, "targets of job `{job}`");
+    };
+    expect("demo-app", &[format!("{APP_IP}:5000")]);
+    expect("prometheus", &["127.0.0.1:9090".into()]);
+    expect(
+        "node",
+        &[
+            format!("{APP_IP}:9100"),
+            format!("{LOKI_IP}:9100"),
+            format!("{GRAFANA_IP}:9100"),
+            "127.0.0.1:9100".into(),
+        ],
+    );
+    expect("promtail", &[format!("{APP_IP}:9080")]);
+    expect("loki", &[format!("{LOKI_IP}:3100")]);
+    expect("grafana", &[format!("{GRAFANA_IP}:3000")]);
+    assert_eq!(targets.len(), 6, "unexpected jobs: {targets:?}");
+}
+
+#[test]
+fn prometheus_without_optional_peers_scrapes_what_exists() {
+    let root = tempfile::tempdir().unwrap();
+    let mut tags = sample_tags("prometheus");
+    tags.remove("obstack:peer:loki");
+    tags.remove("obstack:peer:grafana");
+    let files = render("prometheus", &tags, root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/prometheus/prometheus.yml").contents);
+    let targets = scrape_targets(&config);
+    let jobs: BTreeSet<&str> = targets.keys().map(String::as_str).collect();
+    assert_eq!(
+        jobs,
+        BTreeSet::from(["demo-app", "node", "prometheus", "promtail"])
+    );
+    assert_eq!(targets["node"].len(), 2, "{targets:?}");
+}
+
+#[test]
+fn ipv6_peers_are_bracketed_in_prometheus_targets() {
+    let root = tempfile::tempdir().unwrap();
+    let mut tags = sample_tags("prometheus");
+    tags.insert("obstack:peer:app".into(), "fd00::10".into());
+    tags.insert("obstack:peer:loki".into(), "[fd00::11]:3101".into());
+    let files = render("prometheus", &tags, root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/prometheus/prometheus.yml").contents);
+    let targets = scrape_targets(&config);
+    assert!(
+        targets["demo-app"].contains("[fd00::10]:5000"),
+        "{targets:?}"
+    );
+    assert!(targets["node"].contains("[fd00::10]:9100"), "{targets:?}");
+    assert!(targets["node"].contains("[fd00::11]:9100"), "{targets:?}");
+    assert!(
+        targets["promtail"].contains("[fd00::10]:9080"),
+        "{targets:?}"
+    );
+    assert!(targets["loki"].contains("[fd00::11]:3101"), "{targets:?}");
+}
+
+#[test]
+fn loki_keeps_a_week_on_local_disk_and_really_deletes() {
+    let root = tempfile::tempdir().unwrap();
+    let files = render_sample("loki", root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/loki/config.yaml").contents);
+    let data = format!("{}/var/lib/loki", root.path().display());
+
+    assert_eq!(config["auth_enabled"], false);
+    assert_eq!(config["server"]["http_listen_address"], "0.0.0.0");
+    assert_eq!(config["server"]["http_listen_port"], 3100);
+    let schema = &config["schema_config"]["configs"][0];
+    assert_eq!(schema["schema"], "v13");
+    assert_eq!(schema["store"], "tsdb");
+    assert_eq!(schema["object_store"], "filesystem");
+    assert_eq!(
+        schema["index"]["period"], "24h",
+        "retention needs 24h index tables"
+    );
+    assert_eq!(config["ingester"]["wal"]["enabled"], true);
+    assert_eq!(config["limits_config"]["retention_period"], "168h");
+    assert_eq!(config["limits_config"]["ingestion_rate_mb"], 10);
+    // Without the compactor's retention, retention_period deletes nothing.
+    assert_eq!(config["compactor"]["retention_enabled"], true);
+    assert_eq!(config["compactor"]["delete_request_store"], "filesystem");
+
+    let paths = [
+        &config["common"]["path_prefix"],
+        &config["common"]["storage"]["filesystem"]["chunks_directory"],
+        &config["common"]["storage"]["filesystem"]["rules_directory"],
+        &config["storage_config"]["tsdb_shipper"]["active_index_directory"],
+        &config["storage_config"]["tsdb_shipper"]["cache_location"],
+        &config["ingester"]["wal"]["dir"],
+        &config["compactor"]["working_directory"],
+    ];
+    for path in paths {
+        let path = path
+            .as_str()
+            .unwrap_or_else(|| panic!("missing data path in {config}"));
+        assert!(path.starts_with(&data), "{path} is outside {data}");
+    }
+}
+
+#[test]
+fn grafana_datasources_point_at_the_tagged_peers_with_fixed_uids() {
+    let root = tempfile::tempdir().unwrap();
+    let files = render_sample("grafana", root.path());
+    let config = yaml(
+        &file(
+            &files,
+            root.path(),
+            "/etc/grafana/provisioning/datasources/obstack.yaml",
+        )
+        .contents,
+    );
+    assert_eq!(config["apiVersion"], 1);
+    let sources = config["datasources"].as_array().unwrap();
+    let by_uid = |uid: &str| {
+        sources
+            .iter()
+            .find(|s| s["uid"] == uid)
+            .unwrap_or_else(|| panic!("no datasource with uid `{uid}`"))
+    };
+    let prometheus = by_uid("prometheus");
+    assert_eq!(prometheus["type"], "prometheus");
+    assert_eq!(prometheus["url"], format!("http://{PROMETHEUS_IP}:9090"));
+    assert_eq!(prometheus["isDefault"], true);
+    let loki = by_uid("loki");
+    assert_eq!(loki["type"], "loki");
+    assert_eq!(loki["url"], format!("http://{LOKI_IP}:3100"));
+    let defaults = sources.iter().filter(|s| s["isDefault"] == true).count();
+    assert_eq!(defaults, 1, "exactly one default datasource");
+}
+
+#[test]
+fn grafana_provisions_the_baked_dashboards() {
+    let root = tempfile::tempdir().unwrap();
+    let files = render_sample("grafana", root.path());
+    let config = yaml(
+        &file(
+            &files,
+            root.path(),
+            "/etc/grafana/provisioning/dashboards/obstack.yaml",
+        )
+        .contents,
+    );
+    let provider = &config["providers"][0];
+    assert_eq!(provider["type"], "file");
+    assert_eq!(
+        provider["options"]["path"],
+        format!("{}/var/lib/grafana/dashboards", root.path().display())
+    );
+    let baked = std::fs::read_dir(stack::dashboards_dir())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert!(baked > 0, "no dashboard JSON in the image's rootfs");
+}
+
+#[test]
+fn grafana_ini_is_hardened_and_reads_secrets_from_files() {
+    let root = tempfile::tempdir().unwrap();
+    let files = render_sample("grafana", root.path());
+    let ini = ini(&file(&files, root.path(), "/etc/grafana/grafana.ini").contents);
+    let r = root.path().display();
+    let get = |section: &str, key: &str| {
+        ini.get(&(section.to_string(), key.to_string()))
+            .unwrap_or_else(|| panic!("grafana.ini has no [{section}] {key}"))
+            .as_str()
+    };
+    assert_eq!(get("users", "allow_sign_up"), "false");
+    assert_eq!(get("auth.anonymous", "enabled"), "false");
+    assert_eq!(get("security", "disable_gravatar"), "true");
+    assert_eq!(get("snapshots", "external_enabled"), "false");
+    assert_eq!(
+        get("security", "admin_password"),
+        format!("$__file{{{r}/etc/grafana/secrets/admin_password}}")
+    );
+    assert_eq!(
+        get("security", "secret_key"),
+        format!("$__file{{{r}/var/lib/grafana/secret_key}}")
+    );
+    assert_eq!(get("server", "http_addr"), "0.0.0.0");
+    assert_eq!(get("server", "http_port"), "3000");
+    for key in ["data", "logs", "plugins", "provisioning"] {
+        assert!(
+            get("paths", key).starts_with(&r.to_string()),
+            "[paths] {key}"
+        );
+    }
+    let home = get("dashboards", "default_home_dashboard_path");
+    let baked = home.strip_prefix(&r.to_string()).unwrap();
+    let in_rootfs = stack::images_dir().join("grafana/rootfs").join(&baked[1..]);
+    assert!(
+        in_rootfs.is_file(),
+        "home dashboard {} is not baked",
+        in_rootfs.display()
+    );
+}
+
+/// (section, key) → value of a Grafana ini file.
+fn ini(text: &str) -> BTreeMap<(String, String), String> {
+    let mut section = String::new();
+    let mut values = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("bad ini line: {line}"));
+        let previous = values.insert(
+            (section.clone(), key.trim().to_string()),
+            value.trim().to_string(),
+        );
+        assert!(previous.is_none(), "[{section}] {} set twice", key.trim());
+    }
+    values
+}
+
+/// Values an attacker with tag-write access might try. None may reach a rendered file.
+const INJECTIONS: [&str; 10] = [
+    "10.0.1.11\n  - job_name: injected",
+    "10.0.1.11\" injected: \"yes",
+    "{{ 7 * 7 }}",
+    "10.0.1.11; touch /tmp/injected",
+    "$(reboot)",
+    "10.0.1.11/../../etc/shadow",
+    "10.0.1.11 injected",
+    "10.0.1.11:99999",
+    "http://10.0.1.11:3100",
+    "",
+];
+
+#[test]
+fn bad_tag_values_never_reach_a_rendered_file() {
+    let root = tempfile::tempdir().unwrap();
+    for role in ROLES {
+        let mut keys: Vec<String> = spec_peers(role)
+            .iter()
+            .map(|p| format!("obstack:peer:{p}"))
+            .collect();
+        keys.push("obstack:bind-address".into());
+        for key in keys {
+            for bad in INJECTIONS {
+                let mut tags = sample_tags(role);
+                tags.insert(key.clone(), bad.to_string());
+                let result = stack_agent::render_role(
+                    &stack::images_dir(),
+                    role,
+                    &tags,
+                    &stack::root_str(root.path()),
+                    INSTANCE_ID,
+                );
+                match result {
+                    Err(AgentError::BadTag { key: refused, .. }) => assert_eq!(refused, key),
+                    Err(other) => {
+                        panic!("{role}: {key}={bad:?} failed for another reason: {other}")
+                    }
+                    Ok(files) => panic!(
+                        "{role}: {key}={bad:?} was rendered into {:?}",
+                        files.iter().map(|f| &f.path).collect::<Vec<_>>()
+                    ),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_missing_required_peer_renders_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    for (role, peer) in [
+        ("app", "loki"),
+        ("prometheus", "app"),
+        ("grafana", "prometheus"),
+        ("grafana", "loki"),
+    ] {
+        let mut tags = sample_tags(role);
+        tags.remove(&format!("obstack:peer:{peer}"));
+        let result = stack_agent::render_role(
+            &stack::images_dir(),
+            role,
+            &tags,
+            &stack::root_str(root.path()),
+            INSTANCE_ID,
+        );
+        match result {
+            Err(AgentError::MissingTags(missing)) => {
+                assert_eq!(missing, vec![format!("obstack:peer:{peer}")], "{role}")
+            }
+            other => panic!("{role} without peer {peer}: {other:?}"),
+        }
+    }
+}
