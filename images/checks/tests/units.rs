@@ -1,0 +1,307 @@
+//! The systemd units of every image: systemd's own `systemd-analyze verify` over each image's
+//! unit set (in a scratch root holding stand-ins for the binaries), and the hardening and
+//! ordering every service must have.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROLES: [&str; 4] = ["app", "prometheus", "loki", "grafana"];
+
+/// The role services (fixed names, helper brief), and which image runs each.
+const ROLE_SERVICES: [(&str, &str); 5] = [
+    ("app", "demo-app.service"),
+    ("app", "promtail.service"),
+    ("prometheus", "prometheus.service"),
+    ("loki", "loki.service"),
+    ("grafana", "grafana-server.service"),
+];
+
+fn images_dir() -> PathBuf {
+    testkit::workspace_root().join("images")
+}
+
+fn unit_dir(tree: &str) -> PathBuf {
+    images_dir().join(tree).join("rootfs/etc/systemd/system")
+}
+
+/// The units an image installs: common's, then its role's (a role may override one).
+fn units_of(role: &str) -> BTreeMap<String, PathBuf> {
+    let mut units = BTreeMap::new();
+    for tree in ["common", role] {
+        let Ok(entries) = std::fs::read_dir(unit_dir(tree)) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.ends_with(".service") || name.ends_with(".timer") {
+                units.insert(name, path);
+            }
+        }
+    }
+    units
+}
+
+/// A unit file as section -> key -> values (a key may repeat), with `\` continuations joined.
+type Unit = BTreeMap<String, BTreeMap<String, Vec<String>>>;
+
+fn parse_unit(path: &Path) -> Unit {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut unit = Unit::new();
+    let mut section = String::new();
+    let mut pending = String::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if pending.is_empty() && (line.is_empty() || line.starts_with('#') || line.starts_with(';'))
+        {
+            continue;
+        }
+        if let Some(stripped) = line.strip_suffix('\\') {
+            pending.push_str(stripped);
+            pending.push(' ');
+            continue;
+        }
+        let line = format!("{pending}{line}");
+        pending.clear();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{}: not key=value: {line}", path.display()));
+        unit.entry(section.clone())
+            .or_default()
+            .entry(key.trim().to_string())
+            .or_default()
+            .push(value.trim().to_string());
+    }
+    unit
+}
+
+fn values<'a>(unit: &'a Unit, section: &str, key: &str) -> Vec<&'a str> {
+    unit.get(section)
+        .and_then(|s| s.get(key))
+        .map(|v| v.iter().flat_map(|v| v.split_whitespace()).collect())
+        .unwrap_or_default()
+}
+
+fn single<'a>(unit: &'a Unit, section: &str, key: &str) -> Option<&'a str> {
+    unit.get(section)
+        .and_then(|s| s.get(key))
+        .and_then(|v| v.last())
+        .map(String::as_str)
+}
+
+/// Every absolute program an Exec*= line starts (after systemd's `-@:+!` prefixes).
+fn executables(unit: &Unit) -> Vec<String> {
+    let mut programs = Vec::new();
+    if let Some(service) = unit.get("Service") {
+        for (key, lines) in service {
+            if key.starts_with("Exec") {
+                for line in lines {
+                    let program = line.split_whitespace().next().unwrap_or_default();
+                    programs.push(
+                        program
+                            .trim_start_matches(['-', '@', ':', '+', '!'])
+                            .to_string(),
+                    );
+                }
+            }
+        }
+    }
+    programs
+}
+
+/// A scratch root for `systemd-analyze verify --root`: the host's own systemd units (for
+/// targets like multi-user.target), the image's units, and an executable stand-in at each
+/// path an Exec*= line names. `skip` leaves one program out, to prove verify notices.
+fn scratch_root(role: &str, skip: Option<&str>) -> (tempfile::TempDir, Vec<PathBuf>) {
+    let root = tempfile::tempdir().unwrap();
+    let system_units = ["/usr/lib/systemd/system", "/lib/systemd/system"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("multi-user.target").exists())
+        .expect("the host's systemd units (multi-user.target) for systemd-analyze verify");
+    std::fs::create_dir_all(root.path().join("usr/lib/systemd")).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(system_units)
+        .arg(root.path().join("usr/lib/systemd/system"))
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "copying {} failed",
+        system_units.display()
+    );
+
+    let unit_dir = root.path().join("etc/systemd/system");
+    std::fs::create_dir_all(&unit_dir).unwrap();
+    let mut installed = Vec::new();
+    for (name, path) in units_of(role) {
+        let target = unit_dir.join(&name);
+        std::fs::copy(&path, &target).unwrap();
+        for program in executables(&parse_unit(&path)) {
+            if Some(program.as_str()) == skip {
+                continue;
+            }
+            let stand_in = root.path().join(program.trim_start_matches('/'));
+            std::fs::create_dir_all(stand_in.parent().unwrap()).unwrap();
+            std::fs::write(&stand_in, "#!/bin/sh\n").unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&stand_in, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        installed.push(target);
+    }
+    (root, installed)
+}
+
+fn verify(root: &Path, units: &[PathBuf]) -> std::process::Output {
+    Command::new(testkit::require_tool("systemd-analyze"))
+        .arg("verify")
+        .arg(format!("--root={}", root.display()))
+        .args(units)
+        .env("SYSTEMD_LOG_LEVEL", "warning")
+        .output()
+        .expect("run systemd-analyze verify")
+}
+
+#[test]
+fn systemd_analyze_verifies_every_images_units() {
+    for role in ROLES {
+        let (root, units) = scratch_root(role, None);
+        assert!(units.len() >= 4, "{role}: only {units:?}");
+        let output = verify(root.path(), &units);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "systemd-analyze verify ({role}):\n{stderr}"
+        );
+        // verify only warns about unknown settings; a typo must still fail this test.
+        assert!(!stderr.contains("Unknown key"), "{role}: {stderr}");
+        assert!(!stderr.contains("Unknown section"), "{role}: {stderr}");
+    }
+}
+
+#[test]
+fn systemd_analyze_as_run_here_notices_a_missing_binary() {
+    let (root, units) = scratch_root("loki", Some("/usr/local/bin/loki"));
+    let output = verify(root.path(), &units);
+    assert!(
+        !output.status.success(),
+        "verify passed without /usr/local/bin/loki"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/usr/local/bin/loki"));
+}
+
+#[test]
+fn every_role_service_exists_in_its_image_and_waits_for_the_rendered_configs() {
+    for (role, service) in ROLE_SERVICES {
+        let units = units_of(role);
+        let path = units
+            .get(service)
+            .unwrap_or_else(|| panic!("{role} has no {service}"));
+        let unit = parse_unit(path);
+        for key in ["Requires", "After"] {
+            assert!(
+                values(&unit, "Unit", key).contains(&"stack-agent-render.service"),
+                "{service}: {key}= must name stack-agent-render.service"
+            );
+        }
+        assert_eq!(
+            single(&unit, "Install", "WantedBy"),
+            Some("multi-user.target"),
+            "{service}"
+        );
+    }
+}
+
+#[test]
+fn every_service_runs_as_its_own_user_hardened_and_restarting_on_failure() {
+    let mut users = BTreeMap::new();
+    for role in ROLES {
+        for (name, path) in units_of(role) {
+            let unit = parse_unit(&path);
+            let agent = name.starts_with("stack-agent-");
+            if !agent {
+                let user =
+                    single(&unit, "Service", "User").unwrap_or_else(|| panic!("{name}: no User="));
+                assert_ne!(user, "root", "{name} runs as root");
+                if let Some(other) = users.insert(user.to_string(), name.clone()) {
+                    assert_eq!(other, name, "{name} and {other} share the user {user}");
+                }
+                assert!(
+                    values(&unit, "Service", "CapabilityBoundingSet").is_empty()
+                        && unit["Service"].contains_key("CapabilityBoundingSet"),
+                    "{name}: CapabilityBoundingSet= must be empty"
+                );
+            }
+            let expect = |key: &str, allowed: &[&str]| {
+                let value = single(&unit, "Service", key);
+                assert!(
+                    value.is_some_and(|v| allowed.contains(&v)),
+                    "{name}: {key}={value:?}, expected one of {allowed:?}"
+                );
+            };
+            expect("NoNewPrivileges", &["yes", "true"]);
+            expect("ProtectSystem", &["strict"]);
+            expect("ProtectHome", &["yes", "true", "read-only", "tmpfs"]);
+            expect("PrivateTmp", &["yes", "true"]);
+            if single(&unit, "Service", "Type") != Some("oneshot") {
+                expect("Restart", &["on-failure"]);
+            }
+            // Writable paths only where a service keeps state, and never the whole system.
+            for path in values(&unit, "Service", "ReadWritePaths") {
+                let path = path.trim_start_matches('-');
+                assert!(
+                    !["/", "/etc", "/var", "/usr", "/home"].contains(&path),
+                    "{name}: ReadWritePaths={path} undoes ProtectSystem=strict"
+                );
+            }
+        }
+    }
+    assert!(users.len() >= 6, "one user per service: {users:?}");
+}
+
+#[test]
+fn the_render_unit_is_a_oneshot_before_every_role_service_after_the_network() {
+    let units = units_of("app");
+    let render = parse_unit(&units["stack-agent-render.service"]);
+    assert_eq!(single(&render, "Service", "Type"), Some("oneshot"));
+    assert_eq!(single(&render, "Service", "RemainAfterExit"), Some("yes"));
+    assert!(values(&render, "Unit", "After").contains(&"network-online.target"));
+    assert!(values(&render, "Unit", "Wants").contains(&"network-online.target"));
+    let before = values(&render, "Unit", "Before");
+    for (_, service) in ROLE_SERVICES {
+        assert!(
+            before.contains(&service),
+            "stack-agent-render.service: Before= lacks {service}"
+        );
+    }
+    let exec = single(&render, "Service", "ExecStart").unwrap();
+    assert!(
+        exec.contains(" render ") && exec.contains("--tags-from imds"),
+        "{exec}"
+    );
+
+    let watch = parse_unit(&units["stack-agent-watch.service"]);
+    assert!(values(&watch, "Unit", "After").contains(&"stack-agent-render.service"));
+    assert!(single(&watch, "Service", "ExecStart")
+        .unwrap()
+        .contains(" watch "));
+}
+
+#[test]
+fn prometheus_keeps_its_admin_and_lifecycle_apis_off() {
+    let unit = parse_unit(&units_of("prometheus")["prometheus.service"]);
+    let exec = single(&unit, "Service", "ExecStart").unwrap();
+    assert!(
+        exec.contains("--config.file=/etc/prometheus/prometheus.yml"),
+        "{exec}"
+    );
+    for flag in ["--web.enable-admin-api", "--web.enable-lifecycle"] {
+        assert!(!exec.contains(flag), "prometheus.service enables {flag}");
+    }
+}
