@@ -1,1 +1,61 @@
-//! The boot agent (being built).
+//! `stack-agent`: the boot agent baked into every image.
+//!
+//! It reads the instance's own tags (IMDSv2, the EC2 API, or a file), validates every value
+//! it will use, renders the role's config templates (role spec and template context in
+//! images/README.md) and writes them atomically. `render` runs once at boot and waits for
+//! required tags; `watch` keeps polling and restarts only the services whose files changed.
+//!
+//! Other crates (`xtask up`, image checks) use [`render_role`] and [`write_files`] directly.
+
+mod agent;
+mod aws;
+mod context;
+mod error;
+mod log;
+mod render;
+mod restart;
+mod secrets;
+mod source;
+mod spec;
+pub mod tags;
+mod value;
+mod write;
+
+use std::path::Path;
+
+pub use agent::{Agent, AgentOptions, WaitPolicy};
+pub use context::Context;
+pub use error::AgentError;
+pub use render::RenderedFile;
+pub use restart::Restarter;
+pub use secrets::{ensure_generated, Created};
+pub use source::TagSource;
+pub use spec::RoleSpec;
+pub use value::PeerAddress;
+pub use write::{write_file, write_files, Ownership, WriteOutcome};
+
+/// Renders `role`'s templates from `tags`, in memory. Pure: validates the tags (a bad value
+/// is [`AgentError::BadTag`], a missing required peer [`AgentError::MissingTags`]) and writes
+/// nothing. Paths in the result are prefixed with `root`. Secrets (SSM, generated) are not
+/// part of the result; the binary handles them.
+pub fn render_role(
+    spec_dir: &Path,
+    role: &str,
+    tags: &tags::Tags,
+    root: &str,
+    instance_id: &str,
+) -> Result<Vec<RenderedFile>, AgentError> {
+    let spec = RoleSpec::load(spec_dir, role)?;
+    render_spec(&spec, tags, root, instance_id)
+}
+
+/// [`render_role`] for an already loaded spec.
+pub fn render_spec(
+    spec: &RoleSpec,
+    tags: &tags::Tags,
+    root: &str,
+    instance_id: &str,
+) -> Result<Vec<RenderedFile>, AgentError> {
+    let context = context::build(spec, tags, root, instance_id)?;
+    render::render_files(spec, &context)
+}

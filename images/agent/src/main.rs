@@ -1,1 +1,168 @@
-fn main() {}
+//! `stack-agent`: thin CLI over the library. Parses flags, runs a mode, maps errors to the
+//! exit codes documented in `--help`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use stack_agent::{Agent, AgentError, AgentOptions, Restarter, TagSource, WaitPolicy};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  unexpected error
+  2  bad command line
+  3  timed out waiting for required tags (render)
+  4  a tag has a bad value (nothing was written)
+  5  render error: broken role spec or template, or a file could not be written
+  6  tag source or AWS error that outlasted the wait (no IMDSv2 token, EC2/SSM API failure)";
+
+/// Boot agent: renders this instance's service configs from its EC2 tags.
+#[derive(Debug, Parser)]
+#[command(name = "stack-agent", version, after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Render once (a systemd oneshot before the role's services); waits for required tags.
+    #[command(after_help = EXIT_CODES)]
+    Render {
+        #[command(flatten)]
+        common: Common,
+        /// Give up waiting for required tags after this many seconds.
+        #[arg(long, value_name = "SECS", default_value = "600", value_parser = seconds)]
+        wait_timeout: Duration,
+        /// First delay between attempts, in seconds; it doubles up to --max-delay.
+        #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds)]
+        min_delay: Duration,
+        /// Longest delay between attempts, in seconds.
+        #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds)]
+        max_delay: Duration,
+    },
+    /// Poll the tags; on a change, re-render and restart only the affected services.
+    #[command(after_help = EXIT_CODES)]
+    Watch {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds between polls.
+        #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds)]
+        interval: Duration,
+        /// Shell command that restarts a unit; the unit name is appended as one argument.
+        /// Default: `systemctl reload-or-restart UNIT`.
+        #[arg(long, value_name = "CMD")]
+        restart_command: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// This instance's role (a directory under --spec-dir).
+    #[arg(long)]
+    role: String,
+    /// Where tags come from: `imds` (IMDSv2), `ec2` (DescribeTags) or `file:PATH` (TOML/JSON).
+    #[arg(long, value_name = "SOURCE", default_value = "imds")]
+    tags_from: TagSource,
+    /// Instance id (default: from IMDS; `local` for file sources).
+    #[arg(long, value_name = "ID")]
+    instance_id: Option<String>,
+    /// Prefix for every output path, e.g. a scratch directory for a local run.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Directory holding <role>/role.toml and its templates.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "STACK_AGENT_SPEC_DIR",
+        default_value = "/usr/share/stack-agent/roles"
+    )]
+    spec_dir: PathBuf,
+    /// Print what would be written (secrets are neither fetched nor shown) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    text.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| format!("`{text}` is not a number of seconds"))
+}
+
+impl Common {
+    fn into_options(self) -> anyhow::Result<AgentOptions> {
+        let root = match self.root {
+            // Templates embed the root in absolute paths, so make it absolute too.
+            Some(dir) => std::path::absolute(&dir)?.display().to_string(),
+            None => String::new(),
+        };
+        Ok(AgentOptions {
+            spec_dir: self.spec_dir,
+            role: self.role,
+            source: self.tags_from,
+            instance_id: self.instance_id,
+            root,
+            dry_run: self.dry_run,
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("stack-agent: error: {error:#}");
+            ExitCode::from(exit_code(&error))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Render {
+            common,
+            wait_timeout,
+            min_delay,
+            max_delay,
+        } => {
+            let agent = Agent::new(common.into_options()?)?;
+            let policy = WaitPolicy {
+                timeout: wait_timeout,
+                min_delay,
+                max_delay: max_delay.max(min_delay),
+            };
+            agent.render(policy).await?;
+            Ok(())
+        }
+        Command::Watch {
+            common,
+            interval,
+            restart_command,
+        } => {
+            let dry_run = common.dry_run;
+            let agent = Agent::new(common.into_options()?)?;
+            let restarter = match (dry_run, restart_command) {
+                (true, _) => Restarter::DryRun,
+                (false, Some(command)) => Restarter::Command(command),
+                (false, None) => Restarter::Systemd,
+            };
+            agent.watch(interval, &restarter).await?;
+            Ok(())
+        }
+    }
+}
+
+fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<AgentError>() {
+        Some(AgentError::TimedOut { .. } | AgentError::MissingTags(_)) => 3,
+        Some(AgentError::BadTag { .. }) => 4,
+        Some(AgentError::Spec { .. } | AgentError::Template { .. } | AgentError::Write { .. }) => 5,
+        Some(AgentError::TagSource { .. } | AgentError::Secret { .. }) => 6,
+        None => 1,
+    }
+}

@@ -1,0 +1,83 @@
+//! The agent's typed errors. Each variant maps to one of the binary's exit codes, so a
+//! systemd unit (or a test) can tell "still waiting" from "bad input" from "broken image".
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while turning tags into files.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The role spec (role.toml) or one of its templates could not be read or is invalid.
+    /// That is a broken image, not a deployment problem.
+    #[error("role spec {path}: {message}")]
+    Spec { path: PathBuf, message: String },
+
+    /// A tag the role requires is absent. `render` keeps waiting while this is the error.
+    #[error("missing required tag(s): {}", .0.join(", "))]
+    MissingTags(Vec<String>),
+
+    /// `render` gave up waiting for required tags.
+    #[error("timed out after {}s waiting for tag(s): {}", .waited.as_secs_f64(), .missing.join(", "))]
+    TimedOut {
+        waited: std::time::Duration,
+        missing: Vec<String>,
+    },
+
+    /// A tag is present but its value is unusable. Never retried: the value would not fix itself.
+    #[error("tag `{key}` has a bad value: {reason}")]
+    BadTag { key: String, reason: String },
+
+    /// A template failed to render (undefined variable, syntax error, ...).
+    #[error("template {template}: {message}")]
+    Template { template: String, message: String },
+
+    /// Reading the tags failed (IMDS refused us, EC2 API error, unreadable tag file).
+    #[error("tag source {source_name}: {message}")]
+    TagSource {
+        source_name: String,
+        message: String,
+    },
+
+    /// Fetching a secret from SSM Parameter Store failed. The message never holds the value.
+    #[error("SSM parameter `{parameter}` (from tag `{tag}`): {message}")]
+    Secret {
+        tag: String,
+        parameter: String,
+        message: String,
+    },
+
+    /// Writing an output file failed.
+    #[error("writing {path}: {message}")]
+    Write { path: PathBuf, message: String },
+}
+
+impl AgentError {
+    /// Whether waiting could help: tags may still be added, AWS may come back.
+    /// A bad value, a broken template or a failed write will not fix themselves.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            AgentError::MissingTags(_) | AgentError::TagSource { .. } | AgentError::Secret { .. }
+        )
+    }
+
+    pub(crate) fn spec(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        AgentError::Spec {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn write(path: impl Into<PathBuf>, message: impl std::fmt::Display) -> Self {
+        AgentError::Write {
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn bad_tag(key: &str, reason: impl Into<String>) -> Self {
+        AgentError::BadTag {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The role spec, `<spec-dir>/<role>/role.toml` (format in images/README.md): which peers a
+//! role reads, which templates it renders to which files, and which secrets it needs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::AgentError;
+use crate::tags;
+
+/// File name of a role's spec inside its directory.
+pub const SPEC_FILE: &str = "role.toml";
+
+/// A parsed and checked role spec.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    pub role: String,
+    #[serde(default)]
+    pub peers: BTreeMap<String, PeerSpec>,
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    #[serde(default)]
+    pub secrets: Vec<SecretSpec>,
+    #[serde(default)]
+    pub generated: Vec<GeneratedSpec>,
+    /// The directory holding role.toml; template paths are relative to it.
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// A peer read from the tag `obstack:peer:<name>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSpec {
+    /// Used when the tag's value has no port.
+    pub port: u16,
+    /// `render` waits for a required peer and never renders without it.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// A file rendered from a template.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub template: PathBuf,
+    pub path: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default = "default_file_mode")]
+    pub mode: Mode,
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// A secret fetched from SSM Parameter Store; the tag `name_tag` holds the parameter name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSpec {
+    pub name_tag: String,
+    pub path: String,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default = "default_secret_mode")]
+    pub mode: Mode,
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// A random secret created once (hex of `bytes` random bytes) and never overwritten.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratedSpec {
+    pub path: String,
+    pub bytes: usize,
+    #[serde(default)]
+    pub owner: Option<String>,
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default = "default_secret_mode")]
+    pub mode: Mode,
+    #[serde(default)]
+    pub services: Vec<String>,
+}
+
+/// A Unix file mode, written in role.toml as an octal string (`"0640"`) or a TOML integer
+/// (`0o640`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "ModeRepr")]
+pub struct Mode(pub u32);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ModeRepr {
+    Text(String),
+    Number(u32),
+}
+
+impl TryFrom<ModeRepr> for Mode {
+    type Error = String;
+
+    fn try_from(repr: ModeRepr) -> Result<Self, Self::Error> {
+        let bits = match repr {
+            ModeRepr::Number(bits) => bits,
+            ModeRepr::Text(text) => u32::from_str_radix(&text, 8)
+                .map_err(|_| format!("mode `{text}` is not an octal number like \"0640\""))?,
+        };
+        if bits > 0o7777 {
+            return Err(format!("mode {bits:o} is larger than 7777"));
+        }
+        Ok(Mode(bits))
+    }
+}
+
+fn default_file_mode() -> Mode {
+    Mode(0o644)
+}
+
+fn default_secret_mode() -> Mode {
+    Mode(0o600)
+}
+
+impl RoleSpec {
+    /// Loads and checks `<spec_dir>/<role>/role.toml`.
+    pub fn load(spec_dir: &Path, role: &str) -> Result<RoleSpec, AgentError> {
+        let dir = spec_dir.join(role);
+        let path = dir.join(SPEC_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            AgentError::spec(
+                &path,
+                format!("cannot read it ({e}); is `{role}` a role under --spec-dir?"),
+            )
+        })?;
+        let mut spec: RoleSpec = toml::from_str(&text).map_err(|e| AgentError::spec(&path, e))?;
+        spec.dir = dir;
+        spec.check()
+            .map_err(|message| AgentError::spec(&path, message))?;
+        if spec.role != role {
+            return Err(AgentError::spec(
+                &path,
+                format!("declares role `{}` but was loaded as `{role}`", spec.role),
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// The tags `render` must see before it may write anything: required peers and the
+    /// tags naming secrets.
+    pub fn required_tags(&self) -> Vec<String> {
+        let peers = self
+            .peers
+            .iter()
+            .filter(|(_, peer)| peer.required)
+            .map(|(name, _)| tags::peer_key(name));
+        let secrets = self.secrets.iter().map(|s| s.name_tag.clone());
+        peers.chain(secrets).collect()
+    }
+
+    /// Internal consistency: valid tag keys, absolute unique output paths, unique secret stems.
+    fn check(&self) -> Result<(), String> {
+        for name in self.peers.keys() {
+            tags::check_key(&tags::peer_key(name))?;
+        }
+        for secret in &self.secrets {
+            tags::check_key(&secret.name_tag)?;
+        }
+        let outputs = self
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(self.secrets.iter().map(|s| s.path.as_str()))
+            .chain(self.generated.iter().map(|g| g.path.as_str()));
+        let mut seen = BTreeSet::new();
+        for path in outputs {
+            check_output_path(path)?;
+            if !seen.insert(path) {
+                return Err(format!("output path `{path}` is listed twice"));
+            }
+        }
+        let mut stems = BTreeSet::new();
+        for path in self.secret_paths() {
+            let stem = secret_stem(path)?;
+            if !stems.insert(stem.clone()) {
+                return Err(format!(
+                    "two secret files share the stem `{stem}`; templates could not tell them apart"
+                ));
+            }
+        }
+        for file in &self.files {
+            if file.template.is_absolute()
+                || file
+                    .template
+                    .components()
+                    .any(|c| c == Component::ParentDir)
+            {
+                return Err(format!(
+                    "template `{}` must be a relative path inside the role directory",
+                    file.template.display()
+                ));
+            }
+        }
+        for generated in &self.generated {
+            if generated.bytes == 0 || generated.bytes > 4096 {
+                return Err(format!(
+                    "generated secret `{}` asks for {} bytes; use 1 to 4096",
+                    generated.path, generated.bytes
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Paths of every secret file, fetched or generated (they share the `secrets` context).
+    pub fn secret_paths(&self) -> impl Iterator<Item = &str> {
+        self.secrets
+            .iter()
+            .map(|s| s.path.as_str())
+            .chain(self.generated.iter().map(|g| g.path.as_str()))
+    }
+}
+
+/// The template variable name a secret file is known by: its file stem + `_path`.
+pub fn secret_stem(path: &str) -> Result<String, String> {
+    Path::new(path)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(|stem| format!("{stem}_path"))
+        .ok_or_else(|| format!("secret path `{path}` has no file name"))
+}
+
+fn check_output_path(path: &str) -> Result<(), String> {
+    let parsed = Path::new(path);
+    if !parsed.is_absolute() {
+        return Err(format!("output path `{path}` must be absolute"));
+    }
+    if parsed.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("output path `{path}` must not contain `..`"));
+    }
+    if path.ends_with('/') {
+        return Err(format!(
+            "output path `{path}` names a directory, not a file"
+        ));
+    }
+    Ok(())
+}
+
+/// Prefixes an absolute output path with `root` (`""` on EC2).
+pub fn rooted(root: &str, path: &str) -> PathBuf {
+    PathBuf::from(format!("{}{path}", root.trim_end_matches('/')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(), String> {
+        let spec: RoleSpec = toml::from_str(text).map_err(|e| e.to_string())?;
+        spec.check()
+    }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let text = r#"
+            role = "grafana"
+            [peers.prometheus]
+            port = 9090
+            required = true
+            [[files]]
+            template = "templates/datasources.yaml.j2"
+            path = "/etc/grafana/provisioning/datasources/obstack.yaml"
+            owner = "root"
+            group = "grafana"
+            mode = "0640"
+            services = ["grafana-server.service"]
+            [[secrets]]
+            name_tag = "obstack:grafana-admin-password-param"
+            path = "/etc/grafana/secrets/admin_password"
+            [[generated]]
+            path = "/var/lib/grafana/secret_key"
+            bytes = 32
+            mode = 0o600
+        "#;
+        let spec: RoleSpec = toml::from_str(text).unwrap();
+        spec.check().unwrap();
+        assert_eq!(spec.files[0].mode, Mode(0o640));
+        assert_eq!(spec.generated[0].mode, Mode(0o600));
+        assert_eq!(
+            spec.required_tags(),
+            [
+                "obstack:peer:prometheus",
+                "obstack:grafana-admin-password-param"
+            ]
+        );
+    }
+
+    #[test]
+    fn inconsistent_specs_are_refused() {
+        let relative = "role = \"x\"\n[[files]]\ntemplate = \"t\"\npath = \"etc/x\"";
+        assert!(parse(relative).unwrap_err().contains("absolute"));
+        let twice = "role = \"x\"\n[[files]]\ntemplate = \"t\"\npath = \"/x\"\n\
+                     [[generated]]\npath = \"/x\"\nbytes = 4";
+        assert!(parse(twice).unwrap_err().contains("twice"));
+        let bad_peer = "role = \"x\"\n[peers.\"a b\"]\nport = 1";
+        assert!(parse(bad_peer).unwrap_err().contains("tag key"));
+        let escape = "role = \"x\"\n[[files]]\ntemplate = \"../t\"\npath = \"/x\"";
+        assert!(parse(escape).unwrap_err().contains("relative"));
+        assert!(parse("role = \"x\"\nunknown = 1").is_err());
+        assert!(
+            parse("role = \"x\"\n[[files]]\ntemplate = \"t\"\npath = \"/x\"\nmode = \"9\"")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn root_prefixes_paths() {
+        assert_eq!(rooted("", "/etc/x"), PathBuf::from("/etc/x"));
+        assert_eq!(rooted("/tmp/s/", "/etc/x"), PathBuf::from("/tmp/s/etc/x"));
+    }
+}
