@@ -1,0 +1,82 @@
+//! What every request handler shares: metrics, the logger, and a few settings.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use slog::Logger;
+
+use crate::metrics::Metrics;
+
+/// The app's version, as reported by `/health`, `/` and `app_build_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Shared, read-mostly state handed to the routes (the warp `with_db` pattern).
+pub struct AppContext {
+    pub metrics: Metrics,
+    pub logger: Logger,
+    pub started: Instant,
+    /// The longest `/api/data?delay_ms=` honoured; zero turns the parameter off.
+    pub max_simulated_delay: Duration,
+    request_ids: RequestIds,
+}
+
+pub type Shared = Arc<AppContext>;
+
+impl AppContext {
+    pub fn new(metrics: Metrics, logger: Logger, max_simulated_delay: Duration) -> Shared {
+        Arc::new(AppContext {
+            metrics,
+            logger,
+            started: Instant::now(),
+            max_simulated_delay,
+            request_ids: RequestIds::new(),
+        })
+    }
+
+    /// A new id, unique within this process and very likely across restarts.
+    pub fn next_request_id(&self) -> String {
+        self.request_ids.next()
+    }
+}
+
+/// Request ids: a per-process random-ish prefix and a counter, as 20 hex digits.
+/// A counter is cheaper than a random number per request and still unique.
+struct RequestIds {
+    prefix: u32,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+            .unwrap_or(0);
+        RequestIds {
+            prefix: nanos ^ std::process::id().rotate_left(16),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    fn next(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{:08x}{:012x}", self.prefix, n & 0xffff_ffff_ffff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let ids = RequestIds::new();
+        let a = ids.next();
+        let b = ids.next();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 20);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a[..8], b[..8]);
+    }
+}
