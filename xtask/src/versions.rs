@@ -70,8 +70,21 @@ impl Component {
         Self::expand(&self.url, &self.version, arch)
     }
 
-    pub fn checksums_url(&self) -> String {
-        Self::expand(&self.checksums_url, &self.version, "")
+    /// True when upstream publishes one checksum file per architecture (a bare hash each,
+    /// like Grafana's `.sha256` files) rather than one file naming every archive.
+    pub fn checksums_per_arch(&self) -> bool {
+        self.checksums_url.contains("{arch}")
+    }
+
+    /// The checksum file that covers `arch`'s download.
+    pub fn checksums_url_for(&self, arch: &str) -> String {
+        Self::expand(&self.checksums_url, &self.version, arch)
+    }
+
+    /// The file name of `arch`'s download, as upstream's checksum files name it.
+    pub fn download_file_name(&self, arch: &str) -> String {
+        let url = self.download_url(arch);
+        url.rsplit('/').next().unwrap_or(&url).to_string()
     }
 
     /// The verified checksum for `arch`, or an error telling the user to run `pin`.
