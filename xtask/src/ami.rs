@@ -10,22 +10,15 @@ use serde::Serialize;
 
 /// The value of [`TAG_PROJECT`] on everything this project creates.
 pub const PROJECT: &str = "obstack";
-/// Tag keys on every AMI and its snapshots (set by the Packer templates).
-pub const TAG_NAME: &str = "Name";
+/// Tag keys on every AMI and its snapshots (set by the Packer templates; the component
+/// versions are `obstack:version:<component>`).
 pub const TAG_PROJECT: &str = "obstack:project";
 pub const TAG_ROLE: &str = "obstack:role";
 pub const TAG_INPUT_HASH: &str = "obstack:input-hash";
 pub const TAG_GIT_REVISION: &str = "obstack:git-revision";
-/// Prefix of `obstack:version:<component>`.
-pub const TAG_VERSION_PREFIX: &str = "obstack:version:";
 /// Set by `cargo xtask bake` after a build (not by Packer): one short digest per input,
 /// so a later `bake --dry-run` can say *which* inputs changed. See [`crate::hash::InputDigests`].
 pub const TAG_INPUT_DIGESTS: &str = "obstack:input-digests";
-
-/// The tag key recording the version of `component`.
-pub fn version_tag(component: &str) -> String {
-    format!("{TAG_VERSION_PREFIX}{component}")
-}
 
 /// One baked image of this project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -76,6 +69,11 @@ impl Ami {
 /// An EC2 client from the standard AWS settings (`AWS_PROFILE`, `AWS_REGION`,
 /// `AWS_ENDPOINT_URL`, ...); `region` overrides the configured region.
 pub async fn ec2_client(region: Option<&str>) -> anyhow::Result<Client> {
+    Ok(Client::new(&sdk_config(region).await?))
+}
+
+/// The standard AWS settings, with `region` overriding the configured region.
+pub async fn sdk_config(region: Option<&str>) -> anyhow::Result<aws_config::SdkConfig> {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(region) = region {
         loader = loader.region(aws_config::Region::new(region.to_string()));
@@ -85,7 +83,7 @@ pub async fn ec2_client(region: Option<&str>) -> anyhow::Result<Client> {
         config.region().is_some(),
         "no AWS region configured: pass --region, or set AWS_REGION or a profile's region"
     );
-    Ok(Client::new(&config))
+    Ok(config)
 }
 
 fn filter(name: &str, values: &[&str]) -> Filter {
@@ -102,10 +100,17 @@ pub async fn list(client: &Client, role: Option<&str>) -> anyhow::Result<Vec<Ami
 
 /// The newest available AMI of `role` whose input hash is `hash`.
 pub async fn find_by_hash(client: &Client, role: &str, hash: &str) -> anyhow::Result<Option<Ami>> {
-    Ok(query(client, Some(role), Some(hash)).await?.into_iter().next())
+    Ok(query(client, Some(role), Some(hash))
+        .await?
+        .into_iter()
+        .next())
 }
 
-async fn query(client: &Client, role: Option<&str>, hash: Option<&str>) -> anyhow::Result<Vec<Ami>> {
+async fn query(
+    client: &Client,
+    role: Option<&str>,
+    hash: Option<&str>,
+) -> anyhow::Result<Vec<Ami>> {
     let mut filters = vec![
         filter(&format!("tag:{TAG_PROJECT}"), &[PROJECT]),
         filter("state", &["available"]),

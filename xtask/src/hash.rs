@@ -91,7 +91,11 @@ impl InputDigests {
         self.entries
             .iter()
             .map(|(label, value)| {
-                let short = if label == "base-ami" { value.as_str() } else { &value[..value.len().min(12)] };
+                let short = if label == "base-ami" {
+                    value.as_str()
+                } else {
+                    &value[..value.len().min(12)]
+                };
                 format!("{label}={short}")
             })
             .collect::<Vec<_>>()
@@ -161,10 +165,18 @@ pub fn role_input_digests(role: &str, inputs: &HashInputs) -> anyhow::Result<Inp
             .with_context(|| format!("cannot read the {binary} binary at {}", path.display()))?;
         entries.insert(format!("bin:{binary}"), hex::encode(Sha256::digest(&bytes)));
     }
-    entries.insert("files:common".to_string(), tree_digest(&inputs.images_dir, "common")?);
-    entries.insert("files:role".to_string(), tree_digest(&inputs.images_dir, role)?);
-    let versions: BTreeMap<&str, &crate::versions::Component> = inputs.manifest.for_role(role).collect();
-    let json = serde_json::to_vec(&versions).context("cannot serialise the role's versions entries")?;
+    entries.insert(
+        "files:common".to_string(),
+        tree_digest(&inputs.images_dir, "common")?,
+    );
+    entries.insert(
+        "files:role".to_string(),
+        tree_digest(&inputs.images_dir, role)?,
+    );
+    let versions: BTreeMap<&str, &crate::versions::Component> =
+        inputs.manifest.for_role(role).collect();
+    let json =
+        serde_json::to_vec(&versions).context("cannot serialise the role's versions entries")?;
     entries.insert("versions".to_string(), hex::encode(Sha256::digest(&json)));
     Ok(InputDigests { entries })
 }
@@ -190,7 +202,12 @@ pub async fn current_role_hashes(
         .context("the release build panicked")??;
     let base = crate::bake::base::BaseAmiFilter::from_env();
     let base_ami = crate::bake::base::resolve(client, &base).await?;
-    let inputs = HashInputs { images_dir, manifest, artifacts_dir, base_ami_id: base_ami.id };
+    let inputs = HashInputs {
+        images_dir,
+        manifest,
+        artifacts_dir,
+        base_ami_id: base_ami.id,
+    };
     roles
         .iter()
         .map(|role| Ok((role.to_string(), role_input_hash(role, &inputs)?)))
@@ -226,7 +243,9 @@ pub fn tree_digest(images_dir: &Path, dir: &str) -> anyhow::Result<String> {
     for entry in walker {
         let entry = entry.with_context(|| format!("cannot walk {}", root.display()))?;
         let path = entry.path();
-        let Some(kind) = entry.file_type() else { continue };
+        let Some(kind) = entry.file_type() else {
+            continue;
+        };
         let relative = path
             .strip_prefix(images_dir)
             .with_context(|| format!("{} is outside {}", path.display(), images_dir.display()))?;
@@ -237,13 +256,15 @@ pub fn tree_digest(images_dir: &Path, dir: &str) -> anyhow::Result<String> {
             .with_context(|| format!("{} is not valid UTF-8; rename it", path.display()))?
             .join("/");
         if kind.is_symlink() {
-            let target = std::fs::read_link(path).with_context(|| format!("cannot read the link {}", path.display()))?;
+            let target = std::fs::read_link(path)
+                .with_context(|| format!("cannot read the link {}", path.display()))?;
             let target = target
                 .to_str()
                 .with_context(|| format!("the target of {} is not valid UTF-8", path.display()))?;
             entries.push((name, target.as_bytes().to_vec(), b'l'));
         } else if kind.is_file() {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let bytes =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
             entries.push((name, bytes, b'f'));
         }
     }
@@ -255,4 +276,229 @@ pub fn tree_digest(images_dir: &Path, dir: &str) -> anyhow::Result<String> {
         length_prefixed(&mut hasher, content);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::project::ROLES;
+    use crate::versions::Component;
+
+    fn write(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn component(version: &str, role: &str) -> Component {
+        Component {
+            version: version.into(),
+            roles: vec![role.into()],
+            url: "https://example.invalid/{version}/{arch}.tar.gz".into(),
+            checksums_url: "https://example.invalid/{version}/sums".into(),
+            sha256: BTreeMap::from([("amd64".into(), "unverified".into())]),
+            note: None,
+        }
+    }
+
+    /// A small images tree, manifest and artifacts, like the real ones in shape.
+    fn fixture(dir: &Path) -> HashInputs {
+        let images = dir.join("images");
+        write(
+            &images.join("common/provisioners/base.sh"),
+            b"#!/bin/sh\necho base\n",
+        );
+        for role in ROLES {
+            write(
+                &images.join(role).join("role.toml"),
+                format!("role = \"{role}\"\n").as_bytes(),
+            );
+            write(&images.join(role).join("rootfs/etc/motd"), role.as_bytes());
+        }
+        write(&images.join("checks/src/lib.rs"), b"// tests\n");
+        write(&images.join("agent/src/main.rs"), b"fn main() {}\n");
+        let artifacts = dir.join("artifacts");
+        write(&artifacts.join("demo-app"), b"demo-app bytes");
+        write(&artifacts.join("stack-agent"), b"agent bytes");
+        let manifest = Manifest {
+            components: ROLES
+                .iter()
+                .map(|r| (format!("{r}-thing"), component("1.0.0", r)))
+                .collect(),
+        };
+        HashInputs {
+            images_dir: images,
+            manifest,
+            artifacts_dir: artifacts,
+            base_ami_id: "ami-0base".into(),
+        }
+    }
+
+    fn hashes(inputs: &HashInputs) -> BTreeMap<&'static str, String> {
+        ROLES
+            .iter()
+            .map(|r| (*r, role_input_hash(r, inputs).unwrap()))
+            .collect()
+    }
+
+    /// The roles whose hash differs between two snapshots.
+    fn changed(
+        before: &BTreeMap<&'static str, String>,
+        after: &BTreeMap<&'static str, String>,
+    ) -> Vec<&'static str> {
+        ROLES
+            .iter()
+            .copied()
+            .filter(|r| before[r] != after[r])
+            .collect()
+    }
+
+    fn flip_last_byte(path: &Path) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn hashes_are_deterministic_distinct_and_independent_of_the_checkout_path() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        let first = hashes(&fixture(a.path()));
+        assert_eq!(first, hashes(&fixture(a.path())));
+        assert_eq!(
+            first,
+            hashes(&fixture(b.path())),
+            "the checkout's location must not count"
+        );
+        let distinct: std::collections::BTreeSet<_> = first.values().collect();
+        assert_eq!(distinct.len(), ROLES.len(), "{first:?}");
+        assert!(first.values().all(|h| crate::versions::is_sha256_hex(h)));
+    }
+
+    #[test]
+    fn one_byte_in_one_roles_file_changes_only_that_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = fixture(dir.path());
+        for role in ROLES {
+            for file in ["role.toml", "rootfs/etc/motd"] {
+                let before = hashes(&inputs);
+                flip_last_byte(&inputs.images_dir.join(role).join(file));
+                assert_eq!(changed(&before, &hashes(&inputs)), [role], "{role}/{file}");
+            }
+        }
+    }
+
+    #[test]
+    fn common_files_the_base_ami_and_the_agent_binary_change_every_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inputs = fixture(dir.path());
+        let before = hashes(&inputs);
+        flip_last_byte(&inputs.images_dir.join("common/provisioners/base.sh"));
+        assert_eq!(changed(&before, &hashes(&inputs)), ROLES);
+
+        let before = hashes(&inputs);
+        inputs.base_ami_id = "ami-0newer".into();
+        assert_eq!(changed(&before, &hashes(&inputs)), ROLES);
+
+        let before = hashes(&inputs);
+        flip_last_byte(&inputs.artifacts_dir.join("stack-agent"));
+        assert_eq!(changed(&before, &hashes(&inputs)), ROLES);
+
+        let before = hashes(&inputs);
+        flip_last_byte(&inputs.artifacts_dir.join("demo-app"));
+        assert_eq!(changed(&before, &hashes(&inputs)), ["app"]);
+    }
+
+    #[test]
+    fn a_versions_entry_changes_only_the_roles_that_ship_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inputs = fixture(dir.path());
+        let before = hashes(&inputs);
+        inputs
+            .manifest
+            .components
+            .get_mut("prometheus-thing")
+            .unwrap()
+            .version = "1.0.1".into();
+        assert_eq!(changed(&before, &hashes(&inputs)), ["prometheus"]);
+
+        let before = hashes(&inputs);
+        inputs.manifest.components.insert(
+            "shared".into(),
+            Component {
+                roles: vec!["loki".into(), "grafana".into()],
+                ..component("2.0.0", "loki")
+            },
+        );
+        assert_eq!(changed(&before, &hashes(&inputs)), ["loki", "grafana"]);
+    }
+
+    #[test]
+    fn tests_agent_sources_ignored_and_target_files_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = fixture(dir.path());
+        let before = hashes(&inputs);
+        flip_last_byte(&inputs.images_dir.join("checks/src/lib.rs"));
+        flip_last_byte(&inputs.images_dir.join("agent/src/main.rs"));
+        write(
+            &inputs.images_dir.join("app/target/debug/junk"),
+            b"build output",
+        );
+        write(&inputs.images_dir.join("grafana/.gitignore"), b"*.swp\n");
+        let after_gitignore = hashes(&inputs);
+        assert_eq!(
+            changed(&before, &after_gitignore),
+            ["grafana"],
+            "the .gitignore itself is an input"
+        );
+        write(
+            &inputs.images_dir.join("grafana/dashboards.json.swp"),
+            b"editor swap",
+        );
+        assert_eq!(after_gitignore, hashes(&inputs));
+    }
+
+    #[test]
+    fn paths_count_so_a_rename_or_a_moved_boundary_changes_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let inputs = fixture(dir.path());
+        let loki = inputs.images_dir.join("loki");
+        let before = tree_digest(&inputs.images_dir, "loki").unwrap();
+        std::fs::rename(loki.join("role.toml"), loki.join("role2.toml")).unwrap();
+        let renamed = tree_digest(&inputs.images_dir, "loki").unwrap();
+        assert_ne!(before, renamed);
+        // "ab" + "c" versus "a" + "bc": the length prefixes keep them apart.
+        write(&loki.join("x/ab"), b"c");
+        let one = tree_digest(&inputs.images_dir, "loki").unwrap();
+        std::fs::remove_file(loki.join("x/ab")).unwrap();
+        write(&loki.join("x/a"), b"bc");
+        assert_ne!(one, tree_digest(&inputs.images_dir, "loki").unwrap());
+    }
+
+    #[test]
+    fn the_digest_tag_fits_an_aws_tag_and_names_what_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut inputs = fixture(dir.path());
+        let old = role_input_digests("app", &inputs).unwrap();
+        assert!(old.to_tag().len() <= 256, "{}", old.to_tag());
+        assert!(old.changed_since(&old.to_tag()).is_empty());
+        inputs
+            .manifest
+            .components
+            .get_mut("app-thing")
+            .unwrap()
+            .version = "9".into();
+        let new = role_input_digests("app", &inputs).unwrap();
+        assert_eq!(
+            new.changed_since(&old.to_tag()),
+            ["its images/versions.toml entries changed"]
+        );
+        assert!(check_role("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown role `nope`"));
+    }
 }

@@ -9,6 +9,7 @@ mod cmd;
 mod deploy;
 mod hash;
 mod images;
+mod packer;
 mod pin;
 mod project;
 mod prune;

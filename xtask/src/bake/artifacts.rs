@@ -35,16 +35,28 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")));
     let mut rustflags = vec![format!("--remap-path-prefix={}=/obstack", root.display())];
     if let Some(cargo_home) = cargo_home {
-        rustflags.push(format!("--remap-path-prefix={}=/cargo", cargo_home.display()));
+        rustflags.push(format!(
+            "--remap-path-prefix={}=/cargo",
+            cargo_home.display()
+        ));
     }
     let target_dir = cargo_target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     crate::cmd::cmd(
         &cargo,
-        ["build", "--release", "--locked", "-p", "demo-app", "-p", "stack-agent", "--target-dir"]
-            .map(std::ffi::OsString::from)
-            .into_iter()
-            .chain([target_dir.clone().into_os_string()]),
+        [
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "demo-app",
+            "-p",
+            "stack-agent",
+            "--target-dir",
+        ]
+        .map(std::ffi::OsString::from)
+        .into_iter()
+        .chain([target_dir.clone().into_os_string()]),
     )
     .dir(&root)
     // Unit-separated, so a path with spaces stays one flag.

@@ -42,7 +42,10 @@ pub struct BaseAmi {
 }
 
 /// The newest available image matching `filter`.
-pub async fn resolve(client: &aws_sdk_ec2::Client, filter: &BaseAmiFilter) -> anyhow::Result<BaseAmi> {
+pub async fn resolve(
+    client: &aws_sdk_ec2::Client,
+    filter: &BaseAmiFilter,
+) -> anyhow::Result<BaseAmi> {
     let output = client
         .describe_images()
         .owners(&filter.owner)

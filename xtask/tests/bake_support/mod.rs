@@ -1,0 +1,231 @@
+//! A sandbox for running `cargo xtask bake` against moto: a copy of the images tree (so a
+//! test can change a byte without touching the checkout), stand-in release binaries, its
+//! own target directory and Packer home, and an EC2 client on the same moto.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_ec2::types::{Filter, Image, Tag};
+use serde_json::Value;
+
+/// moto's built-in Canonical images stand in for Ubuntu 24.04.
+pub const MOTO_BASE_AMI_NAME: &str = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*";
+pub const ROLES: [&str; 4] = ["loki", "app", "prometheus", "grafana"];
+
+pub struct Sandbox {
+    pub moto: testkit::Moto,
+    pub dir: tempfile::TempDir,
+    pub runtime: tokio::runtime::Runtime,
+    pub client: aws_sdk_ec2::Client,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        testkit::require_tool("packer");
+        let moto = testkit::Moto::start();
+        let dir = tempfile::tempdir().unwrap();
+        copy_images(
+            &testkit::workspace_root().join("images"),
+            &dir.path().join("images"),
+        );
+        let artifacts = dir.path().join("artifacts");
+        std::fs::create_dir_all(&artifacts).unwrap();
+        std::fs::write(artifacts.join("demo-app"), b"stand-in demo-app").unwrap();
+        std::fs::write(artifacts.join("stack-agent"), b"stand-in stack-agent").unwrap();
+        let config = aws_sdk_ec2::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
+            .build();
+        Sandbox {
+            moto,
+            dir,
+            runtime: tokio::runtime::Runtime::new().unwrap(),
+            client: aws_sdk_ec2::Client::from_conf(config),
+        }
+    }
+
+    pub fn images(&self) -> PathBuf {
+        self.dir.path().join("images")
+    }
+
+    /// `xtask ARGS` pointed at this sandbox.
+    pub fn xtask(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        self.moto.apply_env(&mut command);
+        let home = self.dir.path().join("home");
+        command
+            .args(args)
+            .env("OBSTACK_IMAGES_DIR", self.images())
+            .env("OBSTACK_ARTIFACTS_DIR", self.dir.path().join("artifacts"))
+            .env("OBSTACK_BASE_AMI_NAME", MOTO_BASE_AMI_NAME)
+            .env("CARGO_TARGET_DIR", self.dir.path().join("target"))
+            .env("HOME", &home)
+            .env("PACKER_CACHE_DIR", home.join("packer-cache"))
+            .env("PACKER_CONFIG_DIR", &home)
+            .env("CHECKPOINT_DISABLE", "1")
+            .env_remove("PACKER_LOG");
+        command
+    }
+
+    /// Runs `xtask bake ARGS --json`, returning the output and the parsed summary.
+    pub fn bake_json(&self, args: &[&str]) -> (Output, Value) {
+        let mut all = vec!["bake", "--json"];
+        all.extend_from_slice(args);
+        let output = self.xtask(&all).output().unwrap();
+        let summary = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{}", describe(&output)));
+        (output, summary)
+    }
+
+    pub fn project_images(&self) -> Vec<Image> {
+        self.runtime.block_on(async {
+            self.client
+                .describe_images()
+                .owners("self")
+                .filters(
+                    Filter::builder()
+                        .name("tag:obstack:project")
+                        .values("obstack")
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap()
+                .images()
+                .to_vec()
+        })
+    }
+
+    /// Instances that are not terminated.
+    pub fn live_instances(&self) -> usize {
+        self.runtime.block_on(async {
+            let out = self.client.describe_instances().send().await.unwrap();
+            out.reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter(|i| {
+                    i.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("terminated")
+                })
+                .count()
+        })
+    }
+
+    /// Every instance ever launched (any state).
+    pub fn all_instances(&self) -> usize {
+        self.runtime.block_on(async {
+            let out = self.client.describe_instances().send().await.unwrap();
+            out.reservations().iter().map(|r| r.instances().len()).sum()
+        })
+    }
+
+    /// Registers an AMI tagged like a baked one of `role` with `hash`.
+    pub fn register(&self, role: &str, hash: &str, name: &str) -> String {
+        self.runtime.block_on(async {
+            let id = self
+                .client
+                .register_image()
+                .name(name)
+                .root_device_name("/dev/sda1")
+                .send()
+                .await
+                .unwrap()
+                .image_id()
+                .unwrap()
+                .to_string();
+            let tags = [
+                ("obstack:project", "obstack"),
+                ("obstack:role", role),
+                ("obstack:input-hash", hash),
+            ];
+            self.client
+                .create_tags()
+                .resources(&id)
+                .set_tags(Some(
+                    tags.iter()
+                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                        .collect(),
+                ))
+                .send()
+                .await
+                .unwrap();
+            id
+        })
+    }
+}
+
+pub fn tags(image: &Image) -> BTreeMap<String, String> {
+    image
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// role → (state, hash, ami) from a summary.
+pub fn states(summary: &Value) -> BTreeMap<String, (String, String, Option<String>)> {
+    summary["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["role"].as_str().unwrap().to_string(),
+                (
+                    r["state"].as_str().unwrap().to_string(),
+                    r["input_hash"].as_str().unwrap_or_default().to_string(),
+                    r["ami_id"].as_str().map(str::to_string),
+                ),
+            )
+        })
+        .collect()
+}
+
+pub fn describe(output: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Flips the last byte of a file.
+pub fn flip_last_byte(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Copies what a bake reads: `versions.toml`, `plugins.pkr.hcl`, `common/` and the roles.
+fn copy_images(from: &Path, to: &Path) {
+    for entry in walkdir::WalkDir::new(from) {
+        let entry = entry.unwrap();
+        let relative = entry.path().strip_prefix(from).unwrap();
+        let top = relative
+            .components()
+            .next()
+            .map(|c| c.as_os_str().to_string_lossy().to_string());
+        if matches!(top.as_deref(), Some("agent" | "checks" | "target")) {
+            continue;
+        }
+        let dest = to.join(relative);
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&dest).unwrap();
+        } else if entry.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &dest).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &dest).unwrap();
+        }
+    }
+}

