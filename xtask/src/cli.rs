@@ -198,7 +198,10 @@ pub struct UpArgs {
     /// Path to a Grafana server binary.
     #[arg(long, env = "STACK_GRAFANA_BIN", value_name = "PATH")]
     pub grafana: Option<PathBuf>,
-    /// Where downloaded releases are cached.
+    /// Path to a node_exporter binary (Debian's is `prometheus-node-exporter`, found on PATH).
+    #[arg(long, env = "STACK_NODE_EXPORTER_BIN", value_name = "PATH")]
+    pub node_exporter: Option<PathBuf>,
+    /// Where downloaded releases are cached (default ~/.cache/obstack).
     #[arg(long, env = "STACK_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// How long to wait for the stack to become healthy, e.g. `90s`.

@@ -1,0 +1,253 @@
+//! `cargo xtask up --detach`, `ps` and `down` end to end, with Debian's Prometheus and the
+//! demo app built from the checkout. The stack uses the AMIs' fixed ports, so every step
+//! runs in this one test, in order; the stack's files go to a temporary directory.
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Runs the xtask binary against a private stack directory and download cache.
+struct Xtask {
+    stack_dir: tempfile::TempDir,
+    cache_dir: tempfile::TempDir,
+}
+
+impl Xtask {
+    fn new() -> Xtask {
+        Xtask {
+            stack_dir: tempfile::tempdir().unwrap(),
+            cache_dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn command(&self, stack_dir: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        command
+            .args(args)
+            .env("OBSTACK_STACK_DIR", stack_dir)
+            .env("STACK_CACHE_DIR", self.cache_dir.path());
+        // Only PATH may provide binaries here, as on a fresh machine.
+        for var in [
+            "STACK_PROMETHEUS_BIN",
+            "STACK_LOKI_BIN",
+            "STACK_PROMTAIL_BIN",
+            "STACK_GRAFANA_BIN",
+            "STACK_NODE_EXPORTER_BIN",
+        ] {
+            command.env_remove(var);
+        }
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.run_in(self.stack_dir.path(), args)
+    }
+
+    fn run_in(&self, stack_dir: &Path, args: &[&str]) -> Output {
+        self.command(stack_dir, args).output().unwrap()
+    }
+
+    fn ps(&self) -> Value {
+        let output = self.run(&["ps", "--json"]);
+        assert!(
+            output.status.success(),
+            "ps failed: {}",
+            text(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+/// Stops the stack even when an assertion fails, so no process outlives the test.
+struct StopOnDrop<'a>(&'a Xtask);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["down"]);
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// Polls `check` every half second until it returns `Some`, or panics after `limit`.
+fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn get_json(client: &reqwest::blocking::Client, url: &str) -> Option<Value> {
+    client.get(url).send().ok()?.json().ok()
+}
+
+/// True while `pid` is a live process (an unreaped zombie runs nothing and counts as gone).
+fn is_running(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            !matches!(state, Some("Z") | Some("X"))
+        }
+        Err(_) => false,
+    }
+}
+
+fn component<'a>(ps: &'a Value, name: &str) -> &'a Value {
+    ps["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("ps lists no {name}: {ps}"))
+}
+
+#[test]
+fn up_detached_runs_the_app_and_prometheus_then_down_stops_everything() {
+    testkit::require_tool("prometheus");
+    let xtask = Xtask::new();
+    let _stop = StopOnDrop(&xtask);
+
+    // Up, offline: the app from the checkout, Prometheus from PATH.
+    let up = xtask.run(&["up", "--detach", "--offline", "--timeout", "180s"]);
+    let up_stderr = text(&up.stderr);
+    assert!(
+        up.status.success(),
+        "up failed:\n{up_stderr}\n{}",
+        text(&up.stdout)
+    );
+    let summary = text(&up.stdout);
+    assert!(summary.contains("http://127.0.0.1:5000"), "{summary}");
+    assert!(summary.contains("http://127.0.0.1:9090"), "{summary}");
+
+    // ps: both run and are healthy; what cannot be had offline is listed with its flag.
+    let ps = xtask.ps();
+    assert_eq!(ps["running"], true, "{ps}");
+    for name in ["app", "prometheus"] {
+        let entry = component(&ps, name);
+        assert_eq!(entry["running"], true, "{name}: {ps}");
+        assert_eq!(entry["healthy"], true, "{name}: {ps}");
+    }
+    assert_eq!(component(&ps, "app")["port"], 5000);
+    assert_eq!(component(&ps, "prometheus")["port"], 9090);
+    let unavailable = ps["unavailable"].as_array().unwrap();
+    for (name, tool, flag) in [
+        ("loki", "loki", "--loki"),
+        ("promtail", "promtail", "--promtail"),
+        ("grafana", "grafana", "--grafana"),
+    ] {
+        if testkit::find_on_path(tool).is_some() {
+            continue;
+        }
+        let entry = unavailable
+            .iter()
+            .find(|u| u["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not reported unavailable: {ps}"));
+        let reason = entry["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(flag) && reason.contains("--offline"),
+            "{reason}"
+        );
+        assert!(
+            up_stderr.contains(&format!("{name} is unavailable")),
+            "{up_stderr}"
+        );
+    }
+
+    // Prometheus, configured by the prometheus role's template, scrapes the app.
+    let client = http();
+    eventually(
+        "Prometheus reports the demo-app target up",
+        Duration::from_secs(90),
+        || {
+            let targets = get_json(&client, "http://127.0.0.1:9090/api/v1/targets")?;
+            targets["data"]["activeTargets"]
+                .as_array()?
+                .iter()
+                .find(|t| t["labels"]["job"] == "demo-app" && t["health"] == "up")
+                .map(|t| assert_eq!(t["scrapeUrl"], "http://127.0.0.1:5000/metrics"))
+        },
+    );
+    for _ in 0..5 {
+        let response = client.get("http://127.0.0.1:5000/api/data").send().unwrap();
+        assert!(response.status().is_success());
+    }
+    let series = eventually(
+        "app_requests_total is queryable",
+        Duration::from_secs(90),
+        || {
+            let answer = get_json(
+                &client,
+                "http://127.0.0.1:9090/api/v1/query?query=app_requests_total",
+            )?;
+            let result = answer["data"]["result"].as_array()?.clone();
+            (!result.is_empty()).then_some(result)
+        },
+    );
+    assert!(
+        series.iter().all(|s| s["metric"]["job"] == "demo-app"),
+        "{series:?}"
+    );
+
+    // A second stack on the same ports gets a clear one-line error and creates nothing.
+    let other_dir = tempfile::tempdir().unwrap();
+    let clash = xtask.run_in(other_dir.path(), &["up", "--detach", "--offline"]);
+    assert!(!clash.status.success());
+    let clash_error = text(&clash.stderr);
+    assert!(
+        clash_error.contains("port 5000") && clash_error.contains("app cannot start"),
+        "{clash_error}"
+    );
+    assert!(!other_dir.path().join("state.json").exists());
+    // And `up` again on the running stack says so.
+    let again = xtask.run(&["up", "--detach", "--offline"]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("already running"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // Down: every process is gone, the ports are free, ps shows nothing.
+    let pids: Vec<u64> = ps["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pid"].as_u64().unwrap())
+        .collect();
+    assert!(pids.iter().all(|&pid| is_running(pid)), "{ps}");
+    let down = xtask.run(&["down"]);
+    assert!(down.status.success(), "down failed: {}", text(&down.stderr));
+    for pid in &pids {
+        assert!(!is_running(*pid), "pid {pid} survived `down`");
+    }
+    for port in [5000, 9090] {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("port {port} still taken after down: {e}"));
+    }
+    assert!(!xtask.stack_dir.path().join("state.json").exists());
+    let ps = xtask.ps();
+    assert_eq!(ps["running"], false, "{ps}");
+    assert_eq!(ps["components"].as_array().unwrap().len(), 0, "{ps}");
+}
