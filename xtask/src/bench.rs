@@ -1,7 +1,22 @@
-//! `cargo xtask bench` (being built).
+//! `cargo xtask bench`: performance figures, printed (never asserted in tests).
 
-use crate::cli::BenchArgs;
+mod app;
+mod loadgen;
+mod wrk;
 
-pub fn run(_args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`cargo xtask bench` is not implemented yet")
+use crate::cli::{BenchArgs, BenchTarget};
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.target {
+        BenchTarget::App => app::run(&args.duration),
+        BenchTarget::Bake => crate::bake::bench(),
+    }
+}
+
+/// One load run's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub requests_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
