@@ -63,7 +63,7 @@ variable "root_volume_size_gb" {
 
 variable "allowed_web_cidrs" {
   type        = list(string)
-  description = "IPv4 CIDRs allowed to reach the web UIs (Grafana always; Prometheus, Loki and the app only when exposed), e.g. [\"203.0.113.7/32\"]. There is no default on purpose."
+  description = "IPv4 CIDRs allowed to reach the web UIs (Grafana always; Prometheus, Loki and the app only when exposed), e.g. your own public address with /32. There is no default on purpose."
 
   validation {
     condition     = length(var.allowed_web_cidrs) > 0
@@ -72,7 +72,7 @@ variable "allowed_web_cidrs" {
 
   validation {
     condition     = alltrue([for c in var.allowed_web_cidrs : can(cidrhost(c, 0)) && can(regex("^[0-9.]+/[0-9]+$", c))])
-    error_message = "Every entry of allowed_web_cidrs must be an IPv4 CIDR such as 203.0.113.7/32."
+    error_message = "Every entry of allowed_web_cidrs must be an IPv4 CIDR: an address, a slash and a prefix length, such as your address with /32."
   }
 
   validation {
@@ -106,7 +106,7 @@ variable "vpc_cidr" {
 
   validation {
     condition     = can(cidrhost(var.vpc_cidr, 0)) && try(tonumber(split("/", var.vpc_cidr)[1]) <= 24, false)
-    error_message = "vpc_cidr must be an IPv4 CIDR of /24 or larger, e.g. 10.42.0.0/16."
+    error_message = "vpc_cidr must be an IPv4 CIDR of /24 or larger (a /16 is plenty)."
   }
 }
 
@@ -117,7 +117,7 @@ variable "public_subnet_cidr" {
 
   validation {
     condition     = can(cidrhost(var.public_subnet_cidr, 0)) && try(tonumber(split("/", var.public_subnet_cidr)[1]) <= 28, false)
-    error_message = "public_subnet_cidr must be an IPv4 CIDR of /28 or larger inside vpc_cidr, e.g. 10.42.1.0/24."
+    error_message = "public_subnet_cidr must be an IPv4 CIDR of /28 or larger inside vpc_cidr."
   }
 }
 

@@ -1,0 +1,475 @@
+//! Is the deployed stack healthy? Each check is plain data (a name and the URLs it probes),
+//! so the same waiter runs against the AWS stack and, in tests, against loopback ports.
+//!
+//! This module depends only on external crates (no `crate::` paths): the integration test
+//! `xtask/tests/health.rs` compiles it directly.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use backon::{BlockingRetryable, ConstantBuilder};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::Value;
+
+/// Credentials for Grafana's HTTP API. `Debug` never shows the password.
+#[derive(Clone)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Where Prometheus' HTTP API is reached: directly, or through Grafana's datasource proxy
+/// when Prometheus is not exposed to the operator's network.
+#[derive(Debug, Clone)]
+pub enum PrometheusApi {
+    Direct(String),
+    ViaGrafana { grafana: String, auth: BasicAuth },
+}
+
+/// One thing that must be true for the stack to count as healthy.
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// `GET url` answers with a 2xx status.
+    Http { name: String, url: String },
+    /// Prometheus has at least one active scrape target and every one of them is up.
+    PrometheusTargets { name: String, api: PrometheusApi },
+    /// Grafana has a Prometheus and a Loki datasource, and both pass Grafana's own
+    /// datasource health check (so Grafana can really reach them).
+    GrafanaDatasources {
+        name: String,
+        grafana: String,
+        auth: BasicAuth,
+    },
+}
+
+impl Check {
+    pub fn name(&self) -> &str {
+        match self {
+            Check::Http { name, .. }
+            | Check::PrometheusTargets { name, .. }
+            | Check::GrafanaDatasources { name, .. } => name,
+        }
+    }
+}
+
+/// The result of one check: `Ok(detail)` or `Err(reason)`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub name: String,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// What the deployment knows about each service, for [`stack_checks`].
+#[derive(Debug, Clone, Default)]
+pub struct StackEndpoints {
+    /// role → base URL, e.g. `grafana` → `http://203.0.113.9:3000`.
+    pub urls: BTreeMap<String, String>,
+    /// role → whether the operator's network may reach it (Grafana always may).
+    pub exposed: BTreeMap<String, bool>,
+    /// Grafana's admin credentials, when they could be read.
+    pub grafana_auth: Option<BasicAuth>,
+}
+
+/// The checks that prove the whole stack works, given what is reachable from here.
+///
+/// Services that are not exposed are checked from the inside: the app through Prometheus'
+/// scrape targets, Prometheus and Loki through Grafana's datasources (which needs the admin
+/// password). Without the password only the exposed endpoints are checked.
+pub fn stack_checks(stack: &StackEndpoints) -> Vec<Check> {
+    let url = |role: &str| {
+        stack
+            .urls
+            .get(role)
+            .map(|u| u.trim_end_matches('/').to_string())
+    };
+    let exposed = |role: &str| stack.exposed.get(role).copied().unwrap_or(false);
+    let mut checks = Vec::new();
+    if let Some(app) = url("app").filter(|_| exposed("app")) {
+        checks.push(http("app /health", format!("{app}/health")));
+    }
+    if let Some(prometheus) = url("prometheus").filter(|_| exposed("prometheus")) {
+        checks.push(http("prometheus /-/ready", format!("{prometheus}/-/ready")));
+        checks.push(Check::PrometheusTargets {
+            name: "prometheus targets up".into(),
+            api: PrometheusApi::Direct(prometheus),
+        });
+    } else if let (Some(grafana), Some(auth)) = (url("grafana"), &stack.grafana_auth) {
+        checks.push(Check::PrometheusTargets {
+            name: "prometheus targets up (via grafana)".into(),
+            api: PrometheusApi::ViaGrafana {
+                grafana,
+                auth: auth.clone(),
+            },
+        });
+    }
+    if let Some(loki) = url("loki").filter(|_| exposed("loki")) {
+        checks.push(http("loki /ready", format!("{loki}/ready")));
+    }
+    if let Some(grafana) = url("grafana") {
+        checks.push(http("grafana /api/health", format!("{grafana}/api/health")));
+        if let Some(auth) = &stack.grafana_auth {
+            checks.push(Check::GrafanaDatasources {
+                name: "grafana datasources".into(),
+                grafana,
+                auth: auth.clone(),
+            });
+        }
+    }
+    checks
+}
+
+fn http(name: &str, url: String) -> Check {
+    Check::Http {
+        name: name.into(),
+        url,
+    }
+}
+
+/// Runs checks over HTTP with a per-request timeout.
+pub struct Checker {
+    http: reqwest::blocking::Client,
+}
+
+impl Checker {
+    pub fn new(request_timeout: Duration) -> anyhow::Result<Checker> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(request_timeout)
+            .build()
+            .context("cannot build an HTTP client")?;
+        Ok(Checker { http })
+    }
+
+    /// Runs every check once.
+    pub fn run_all(&self, checks: &[Check]) -> Vec<Outcome> {
+        checks
+            .iter()
+            .map(|check| {
+                let result = self.run(check);
+                Outcome {
+                    name: check.name().to_string(),
+                    healthy: result.is_ok(),
+                    detail: result.unwrap_or_else(|reason| reason),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs one check: `Ok(detail)` when it holds, `Err(reason)` otherwise.
+    pub fn run(&self, check: &Check) -> Result<String, String> {
+        match check {
+            Check::Http { url, .. } => self.get(url, None).map(|_| "ok".to_string()),
+            Check::PrometheusTargets { api, .. } => {
+                let body = match api {
+                    PrometheusApi::Direct(base) => {
+                        self.get_json(&format!("{base}/api/v1/targets?state=active"), None)?
+                    }
+                    PrometheusApi::ViaGrafana { grafana, auth } => {
+                        let uid = self.datasource(grafana, auth, "prometheus")?.uid;
+                        self.get_json(
+                            &format!(
+                                "{grafana}/api/datasources/proxy/uid/{uid}/api/v1/targets?state=active"
+                            ),
+                            Some(auth),
+                        )?
+                    }
+                };
+                targets_verdict(&body)
+            }
+            Check::GrafanaDatasources { grafana, auth, .. } => {
+                let mut healthy = Vec::new();
+                for kind in ["prometheus", "loki"] {
+                    let datasource = self.datasource(grafana, auth, kind)?;
+                    let body = self
+                        .get_json(
+                            &format!("{grafana}/api/datasources/uid/{}/health", datasource.uid),
+                            Some(auth),
+                        )
+                        .map_err(|e| format!("{kind} datasource `{}`: {e}", datasource.name))?;
+                    datasource_verdict(kind, &datasource.name, &body)?;
+                    healthy.push(datasource.name);
+                }
+                Ok(format!("{} answer", healthy.join(" and ")))
+            }
+        }
+    }
+
+    fn datasource(
+        &self,
+        grafana: &str,
+        auth: &BasicAuth,
+        kind: &str,
+    ) -> Result<Datasource, String> {
+        let list = self.get_json(&format!("{grafana}/api/datasources"), Some(auth))?;
+        find_datasource(&list, kind)
+    }
+
+    fn get(&self, url: &str, auth: Option<&BasicAuth>) -> Result<String, String> {
+        let mut request = self.http.get(url);
+        if let Some(auth) = auth {
+            request = request.basic_auth(&auth.user, Some(&auth.password));
+        }
+        let response = request
+            .send()
+            .map_err(|e| describe_request_error(url, &e))?;
+        let status = response.status();
+        let body = response.text().unwrap_or_default();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            let excerpt: String = body.trim().chars().take(120).collect();
+            Err(format!("{url} answered {status}: {excerpt}"))
+        }
+    }
+
+    fn get_json(&self, url: &str, auth: Option<&BasicAuth>) -> Result<Value, String> {
+        let body = self.get(url, auth)?;
+        serde_json::from_str(&body).map_err(|e| format!("{url} did not answer JSON: {e}"))
+    }
+}
+
+/// A short reason without reqwest's nested error chain noise.
+fn describe_request_error(url: &str, error: &reqwest::Error) -> String {
+    let reason = if error.is_timeout() {
+        "timed out".to_string()
+    } else if error.is_connect() {
+        "connection refused or unreachable".to_string()
+    } else {
+        error.to_string()
+    };
+    format!("{url}: {reason}")
+}
+
+struct Datasource {
+    uid: String,
+    name: String,
+}
+
+fn find_datasource(list: &Value, kind: &str) -> Result<Datasource, String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|ds| ds["type"].as_str() == Some(kind))
+        .and_then(|ds| {
+            Some(Datasource {
+                uid: ds["uid"].as_str()?.to_string(),
+                name: ds["name"].as_str().unwrap_or(kind).to_string(),
+            })
+        })
+        .ok_or_else(|| format!("grafana has no {kind} datasource provisioned"))
+}
+
+/// Grafana answers `{"status": "OK", "message": ...}` for a working datasource.
+fn datasource_verdict(kind: &str, name: &str, body: &Value) -> Result<(), String> {
+    match body["status"].as_str() {
+        Some("OK") => Ok(()),
+        status => Err(format!(
+            "{kind} datasource `{name}` is {}: {}",
+            status.unwrap_or("unknown"),
+            body["message"].as_str().unwrap_or("no message")
+        )),
+    }
+}
+
+/// Verdict over Prometheus' `/api/v1/targets` answer: every active target must be up.
+pub fn targets_verdict(body: &Value) -> Result<String, String> {
+    let targets = body["data"]["activeTargets"]
+        .as_array()
+        .ok_or_else(|| "prometheus answered without data.activeTargets".to_string())?;
+    if targets.is_empty() {
+        return Err("prometheus has no active scrape targets yet".into());
+    }
+    let down: Vec<String> = targets
+        .iter()
+        .filter(|t| t["health"].as_str() != Some("up"))
+        .map(|t| {
+            let job = t["labels"]["job"].as_str().unwrap_or("?");
+            let instance = t["labels"]["instance"].as_str().unwrap_or("?");
+            let health = t["health"].as_str().unwrap_or("unknown");
+            match t["lastError"].as_str().filter(|e| !e.is_empty()) {
+                Some(error) => format!("{job} {instance} {health} ({error})"),
+                None => format!("{job} {instance} {health}"),
+            }
+        })
+        .collect();
+    if down.is_empty() {
+        Ok(format!("{} targets up", targets.len()))
+    } else {
+        Err(format!(
+            "{} of {} targets not up: {}",
+            down.len(),
+            targets.len(),
+            down.join(", ")
+        ))
+    }
+}
+
+/// How long and how often to wait.
+#[derive(Debug, Clone)]
+pub struct WaitOptions {
+    pub timeout: Duration,
+    pub interval: Duration,
+    /// Draw a progress bar on stderr (hidden anyway when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// Polls every check until all hold at once, or fails when `timeout` is reached, naming
+/// each check that still fails and why. Returns the final (all-healthy) outcomes.
+pub fn wait_until_healthy(
+    checker: &Checker,
+    checks: &[Check],
+    options: &WaitOptions,
+) -> anyhow::Result<Vec<Outcome>> {
+    anyhow::ensure!(!checks.is_empty(), "there is nothing to check");
+    let started = Instant::now();
+    let deadline = started + options.timeout;
+    let bar = progress_bar(checks.len(), options.progress);
+    let attempt = || {
+        let outcomes = checker.run_all(checks);
+        let healthy = outcomes.iter().filter(|o| o.healthy).count();
+        bar.set_position(healthy as u64);
+        if healthy == outcomes.len() {
+            Ok(outcomes)
+        } else {
+            let waiting = outcomes
+                .iter()
+                .find(|o| !o.healthy)
+                .map(|o| format!("waiting for {}: {}", o.name, o.detail))
+                .unwrap_or_default();
+            bar.set_message(waiting);
+            Err(outcomes)
+        }
+    };
+    let result = attempt
+        .retry(
+            ConstantBuilder::default()
+                .with_delay(options.interval)
+                .without_max_times(),
+        )
+        // Stop retrying once the next attempt would start after the deadline.
+        .when(|_| Instant::now() + options.interval < deadline)
+        .call();
+    bar.finish_and_clear();
+    result.map_err(|outcomes| {
+        let failing: Vec<String> = outcomes
+            .iter()
+            .filter(|o| !o.healthy)
+            .map(|o| format!("{}: {}", o.name, o.detail))
+            .collect();
+        anyhow::anyhow!(
+            "the stack is not healthy after {:.0?}: {}",
+            started.elapsed(),
+            failing.join("; ")
+        )
+    })
+}
+
+fn progress_bar(len: usize, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) =
+        ProgressStyle::with_template("{spinner} [{elapsed}] {pos}/{len} checks healthy  {wide_msg}")
+    {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(exposed: &[&str], auth: bool) -> StackEndpoints {
+        let roles = ["app", "prometheus", "loki", "grafana"];
+        StackEndpoints {
+            urls: roles
+                .iter()
+                .map(|r| (r.to_string(), format!("http://{r}.example:1/")))
+                .collect(),
+            exposed: roles
+                .iter()
+                .map(|r| (r.to_string(), *r == "grafana" || exposed.contains(r)))
+                .collect(),
+            grafana_auth: auth.then(|| BasicAuth {
+                user: "admin".into(),
+                password: "secret".into(),
+            }),
+        }
+    }
+
+    fn names(checks: &[Check]) -> Vec<&str> {
+        checks.iter().map(Check::name).collect()
+    }
+
+    #[test]
+    fn everything_exposed_is_checked_directly() {
+        let checks = stack_checks(&endpoints(&["app", "prometheus", "loki"], true));
+        assert_eq!(
+            names(&checks),
+            [
+                "app /health",
+                "prometheus /-/ready",
+                "prometheus targets up",
+                "loki /ready",
+                "grafana /api/health",
+                "grafana datasources"
+            ]
+        );
+        let Check::Http { url, .. } = &checks[0] else {
+            panic!("app check is not HTTP")
+        };
+        assert_eq!(url, "http://app.example:1/health");
+    }
+
+    #[test]
+    fn hidden_services_are_checked_through_grafana() {
+        let checks = stack_checks(&endpoints(&[], true));
+        assert_eq!(
+            names(&checks),
+            [
+                "prometheus targets up (via grafana)",
+                "grafana /api/health",
+                "grafana datasources"
+            ]
+        );
+    }
+
+    #[test]
+    fn without_the_password_only_grafana_health_remains() {
+        let checks = stack_checks(&endpoints(&[], false));
+        assert_eq!(names(&checks), ["grafana /api/health"]);
+    }
+
+    #[test]
+    fn basic_auth_debug_hides_the_password() {
+        let auth = BasicAuth {
+            user: "admin".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{auth:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn datasource_verdict_reports_grafana_message() {
+        let body = serde_json::json!({"status": "ERROR", "message": "connection refused"});
+        let error = datasource_verdict("loki", "Loki", &body).unwrap_err();
+        assert!(error.contains("connection refused"), "{error}");
+        assert!(datasource_verdict("loki", "Loki", &serde_json::json!({"status": "OK"})).is_ok());
+    }
+}

@@ -1,0 +1,68 @@
+//! The Terraform variables `cargo xtask deploy` generates: the region and each role's AMI.
+//! They live in `target/deploy/` (never committed; `*.auto.tfvars.json` is git-ignored
+//! too) and are passed with `-var-file`, so `destroy` can reuse them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::select::Selected;
+
+/// The generated variables, as `terraform/variables.tf` declares them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeneratedVars {
+    pub region: String,
+    /// role → AMI id.
+    pub ami_ids: BTreeMap<String, String>,
+}
+
+impl GeneratedVars {
+    pub fn new(region: &str, selected: &[Selected]) -> GeneratedVars {
+        GeneratedVars {
+            region: region.to_string(),
+            ami_ids: selected
+                .iter()
+                .map(|s| (s.role.clone(), s.ami_id.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Where deploy writes them: `target/deploy/obstack.auto.tfvars.json`.
+pub fn default_path(target_dir: &Path) -> PathBuf {
+    target_dir.join("deploy").join("obstack.auto.tfvars.json")
+}
+
+/// Writes `vars` as JSON, atomically (a half-written file never replaces a good one).
+pub fn write(path: &Path, vars: &GeneratedVars) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent directory", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut file = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let json = serde_json::to_string_pretty(vars).context("cannot serialise the variables")?;
+    writeln!(file, "{json}").with_context(|| format!("cannot write {}", path.display()))?;
+    file.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads variables written by [`write`].
+pub fn read(path: &Path) -> anyhow::Result<GeneratedVars> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {} (written by `cargo xtask deploy`)",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not valid generated variables; delete it and run `cargo xtask deploy` again",
+            path.display()
+        )
+    })
+}
