@@ -62,6 +62,18 @@ fn register_with_snapshot(sandbox: &Sandbox, role: &str, n: u32) -> (String, Str
             .send()
             .await
             .unwrap();
+        // moto backs a registered image with a snapshot of its own: use the one it reports.
+        let described = client
+            .describe_images()
+            .image_ids(&ami)
+            .send()
+            .await
+            .unwrap();
+        let snapshot_id = described.images()[0].block_device_mappings()[0]
+            .ebs()
+            .and_then(|e| e.snapshot_id())
+            .unwrap_or(&snapshot_id)
+            .to_string();
         (ami, snapshot_id)
     })
 }
