@@ -56,7 +56,7 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     for round in 0..ROUNDS {
         for &connections in &CONCURRENCIES {
             // Alternate which server goes first, so neither always runs on a warmer machine.
-            let order = if (round + connections as usize) % 2 == 0 {
+            let order = if (round + connections as usize).is_multiple_of(2) {
                 [&bare, &app]
             } else {
                 [&app, &bare]
