@@ -60,4 +60,4 @@ step "cargo clippy (warnings denied)"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test"
-cargo test --workspace --all-targets -- --test-threads="${TEST_THREADS:-4}"
+cargo test --workspace --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"

@@ -161,10 +161,9 @@ pub fn workspace_root() -> PathBuf {
 /// its own binaries through `CARGO_BIN_EXE_*`). Cargo releases its build lock before running
 /// tests, so the nested build is safe.
 ///
-/// It builds `--workspace --all-targets`, the same selection as the suite's
-/// `cargo test --workspace --all-targets`: with the same features unified, the nested build is
-/// a no-op there. (`-p package --bin bin` would resolve a different feature set and rebuild
-/// the AWS SDKs, minutes of CI, for nothing.)
+/// It runs `cargo test --workspace --all-targets --no-run`, the suite's own build, so under the
+/// suite it is a no-op. (`cargo build -p package --bin bin`, or even `cargo build
+/// --all-targets`, resolves other features and rebuilds the AWS SDKs: minutes of CI for nothing.)
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let build = |args: &[&str]| {
@@ -176,8 +175,13 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
             .unwrap_or(false)
     };
     // While another crate is mid-edit the workspace may not build: fall back to the package.
-    let built = build(&["build", "--quiet", "--workspace", "--all-targets"])
-        || build(&["build", "--quiet", "-p", package, "--bin", bin]);
+    let built = build(&[
+        "test",
+        "--quiet",
+        "--workspace",
+        "--all-targets",
+        "--no-run",
+    ]) || build(&["build", "--quiet", "-p", package, "--bin", bin]);
     assert!(built, "cargo could not build {package}'s `{bin}` binary");
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
-use aws_sdk_ec2::types::Tag;
+use aws_sdk_ec2::types::{AttributeValue, Tag};
 
 pub use bench::bench;
 use build::{Job, Outcome};
@@ -161,6 +161,25 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
                         "warning: {}: cannot tag {ami_id} with its input digests: {error}",
                         job.role
                     );
+                }
+                // Packer 1.6.6 has no `imds_support`: mark golden AMIs IMDSv2-only here, so
+                // any instance launched from one refuses IMDSv1 even without Terraform's
+                // metadata_options. (Smoke AMIs in a local endpoint are never launched.)
+                if !args.smoke {
+                    let marked = runtime.block_on(
+                        client
+                            .modify_image_attribute()
+                            .image_id(ami_id)
+                            .imds_support(AttributeValue::builder().value("v2.0").build())
+                            .send(),
+                    );
+                    if let Err(error) = marked {
+                        eprintln!(
+                            "warning: {}: cannot mark {ami_id} IMDSv2-only ({error}); run \
+                             `aws ec2 modify-image-attribute --image-id {ami_id} --imds-support v2.0`",
+                            job.role
+                        );
+                    }
                 }
             }
             outcomes.insert(

@@ -130,6 +130,8 @@ fn every_xtask_command_is_documented_in_the_readme() {
         .skip_while(|l| !l.starts_with("Commands:"))
         .skip(1)
         .take_while(|l| l.starts_with("  "))
+        // A command's line is indented by two spaces; wrapped descriptions by more.
+        .filter(|l| !l[2..].starts_with(' '))
         .filter_map(|l| l.split_whitespace().next())
         .filter(|c| *c != "help")
         .collect();
