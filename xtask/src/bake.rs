@@ -301,7 +301,7 @@ fn prepare_job(
     .write(&var_file)?;
     Ok(Job {
         role: plan.role.clone(),
-        template_dir: images_dir.join(&plan.role),
+        template_dir: crate::packer::template_dir(images_dir),
         var_file,
         log_file: dir.join("packer.log"),
         manifest_file,

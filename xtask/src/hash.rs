@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `base-ami` | the resolved base AMI id, e.g. `ami-0abc...` |
 //! | `bin:<name>` | hex SHA-256 of each shipped binary: `stack-agent`, plus `demo-app` for `app` |
-//! | `files:common` | tree digest of `images/common/` |
+//! | `files:common` | tree digest of `images/common/` (the Packer template included) |
 //! | `files:role` | tree digest of `images/<role>/` |
 //! | `versions` | hex SHA-256 of the JSON (sorted keys) of the role's entries in `images/versions.toml` |
 //!

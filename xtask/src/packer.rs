@@ -70,7 +70,12 @@ pub fn init_if_needed(version: Version, images_dir: &Path) -> anyhow::Result<()>
     Ok(())
 }
 
-/// `packer build` of one role's template directory with a generated var file.
+/// The directory of the one template every role is built from (`-var role=...` picks the role).
+pub fn template_dir(images_dir: &Path) -> std::path::PathBuf {
+    images_dir.join("common").join("packer")
+}
+
+/// `packer build` of the template directory with a generated var file.
 pub fn build_command(template_dir: &Path, var_file: &Path, smoke: bool) -> duct::Expression {
     let mut args = vec![
         "build".to_string(),

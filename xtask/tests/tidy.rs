@@ -72,7 +72,11 @@ fn shell_scripts_are_executable_and_strict() {
             .mode();
         // A library says so in its header; the scripts that source it set the shell options,
         // and it must not look runnable on its own.
-        if text.lines().take(3).any(|l| l.contains("Sourced, never run")) {
+        if text
+            .lines()
+            .take(3)
+            .any(|l| l.contains("Sourced, never run"))
+        {
             assert!(
                 mode & 0o111 == 0,
                 "{} is a sourced library but executable (chmod -x)",

@@ -1,13 +1,16 @@
-//! The Packer templates: every role passes `packer validate` and `packer fmt -check` with the
-//! Packer here (1.6.6), declares the bake's variables, and keeps the security settings and the
-//! smoke source the contract in images/README.md promises.
+//! The Packer template (one for every role): each role passes `packer validate` and the
+//! template `packer fmt -check` with the Packer here (1.6.6); it declares the bake's variables
+//! and keeps the security settings and the smoke source the contract in images/README.md
+//! promises.
 
 mod packer_env;
 
 use std::path::Path;
 
 use hcl::{Block, Body, Expression};
-use packer_env::{describe, images_dir, packer, run, sample_hash, write_var_file, ROLES};
+use packer_env::{
+    describe, images_dir, packer, run, sample_hash, template_dir, write_var_file, ROLES,
+};
 use serde_json::json;
 
 fn parse(path: &Path) -> Body {
@@ -15,8 +18,21 @@ fn parse(path: &Path) -> Body {
     hcl::parse(&text).unwrap_or_else(|e| panic!("{} is not HCL: {e}", path.display()))
 }
 
-fn template(role: &str) -> Body {
-    parse(&images_dir().join(role).join(format!("{role}.pkr.hcl")))
+fn template() -> Body {
+    parse(&template_dir().join("image.pkr.hcl"))
+}
+
+fn variables() -> Body {
+    parse(&template_dir().join("variables.pkr.hcl"))
+}
+
+/// `packer validate` of the template with `var_file`, from images/ as the bake runs it.
+fn validate(sandbox: &Path, var_file: &Path) -> std::process::Output {
+    run(packer(sandbox)
+        .current_dir(images_dir())
+        .arg("validate")
+        .arg(format!("-var-file={}", var_file.display()))
+        .arg(template_dir()))
 }
 
 fn source<'a>(body: &'a Body, name: &str) -> &'a Block {
@@ -47,12 +63,10 @@ fn expression_text(expr: &Expression) -> String {
 fn every_role_passes_packer_validate_with_the_bakes_variables() {
     let sandbox = tempfile::tempdir().unwrap();
     for role in ROLES {
+        // validate also stats every provisioning script, so each role's install and
+        // self-check scripts must exist.
         let var_file = write_var_file(sandbox.path(), role, &sample_hash(role), json!({}));
-        let output = run(packer(sandbox.path())
-            .current_dir(images_dir())
-            .arg("validate")
-            .arg(format!("-var-file={}", var_file.display()))
-            .arg(role));
+        let output = validate(sandbox.path(), &var_file);
         assert!(
             output.status.success(),
             "packer validate {role}: {}",
@@ -66,11 +80,7 @@ fn validate_rejects_a_malformed_input_hash() {
     // The same command as above, so this proves validate really checks what it is given.
     let sandbox = tempfile::tempdir().unwrap();
     let var_file = write_var_file(sandbox.path(), "loki", "not-a-sha256", json!({}));
-    let output = run(packer(sandbox.path())
-        .current_dir(images_dir())
-        .arg("validate")
-        .arg(format!("-var-file={}", var_file.display()))
-        .arg("loki"));
+    let output = validate(sandbox.path(), &var_file);
     assert!(
         !output.status.success(),
         "a bad input_hash validated: {}",
@@ -92,11 +102,7 @@ fn validate_rejects_an_open_builder_security_group() {
         &sample_hash("app"),
         json!({ "builder_cidrs": ["0.0.0.0/0"] }),
     );
-    let output = run(packer(sandbox.path())
-        .current_dir(images_dir())
-        .arg("validate")
-        .arg(format!("-var-file={}", var_file.display()))
-        .arg("app"));
+    let output = validate(sandbox.path(), &var_file);
     assert!(
         !output.status.success(),
         "0.0.0.0/0 validated: {}",
@@ -105,35 +111,46 @@ fn validate_rejects_an_open_builder_security_group() {
 }
 
 #[test]
-fn every_packer_file_is_formatted() {
+fn validate_rejects_an_unknown_role_and_an_image_without_the_agent() {
     let sandbox = tempfile::tempdir().unwrap();
-    let mut dirs: Vec<String> = ROLES.iter().map(|r| r.to_string()).collect();
-    dirs.push(".".into()); // images/plugins.pkr.hcl
-    for dir in dirs {
-        let output = run(packer(sandbox.path())
-            .current_dir(images_dir())
-            .args(["fmt", "-check", "-diff"])
-            .arg(&dir));
+    for (extra, complaint) in [
+        (json!({ "role": "web" }), "role must be one of"),
+        (
+            json!({ "artifacts": ["demo-app"] }),
+            "must include stack-agent",
+        ),
+    ] {
+        let var_file = write_var_file(sandbox.path(), "app", &sample_hash("app"), extra.clone());
+        let output = validate(sandbox.path(), &var_file);
         assert!(
-            output.status.success(),
-            "packer fmt -check {dir}: {}",
+            !output.status.success() && describe(&output).contains(complaint),
+            "{extra} validated: {}",
             describe(&output)
         );
     }
 }
 
 #[test]
-fn every_role_declares_the_same_variables_and_all_that_the_readme_lists() {
-    let reference = std::fs::read_to_string(images_dir().join("app/variables.pkr.hcl")).unwrap();
-    for role in ROLES {
-        let text =
-            std::fs::read_to_string(images_dir().join(role).join("variables.pkr.hcl")).unwrap();
-        assert_eq!(
-            text, reference,
-            "images/{role}/variables.pkr.hcl differs from app's"
+fn every_packer_file_is_formatted() {
+    let sandbox = tempfile::tempdir().unwrap();
+    // images/plugins.pkr.hcl and the template directory.
+    for dir in [images_dir(), template_dir()] {
+        let output = run(packer(sandbox.path())
+            .current_dir(images_dir())
+            .args(["fmt", "-check", "-diff"])
+            .arg(&dir));
+        assert!(
+            output.status.success(),
+            "packer fmt -check {}: {}",
+            dir.display(),
+            describe(&output)
         );
     }
-    let declared: Vec<String> = parse(&images_dir().join("app/variables.pkr.hcl"))
+}
+
+#[test]
+fn every_variable_is_documented_in_the_readme_and_no_other() {
+    let declared: Vec<String> = variables()
         .blocks()
         .filter(|b| b.identifier() == "variable")
         .map(|b| b.labels()[0].as_str().to_string())
@@ -171,57 +188,50 @@ fn every_role_declares_the_same_variables_and_all_that_the_readme_lists() {
 
 #[test]
 fn the_golden_source_is_encrypted_reached_through_ssm_and_built_on_canonicals_ubuntu() {
-    for role in ROLES {
-        let body = template(role);
-        let golden = source(&body, "golden");
+    let body = template();
+    let golden = source(&body, "golden");
+    assert_eq!(
+        attribute(golden, "encrypt_boot"),
+        Some(&Expression::Bool(true))
+    );
+    assert_eq!(
+        attribute(golden, "ssh_clear_authorized_keys"),
+        Some(&Expression::Bool(true))
+    );
+    assert_eq!(
+        attribute(golden, "ssh_interface")
+            .map(expression_text)
+            .as_deref(),
+        Some("\"session_manager\""),
+        "the builder must be reached through SSM, not open SSH"
+    );
+    assert_eq!(
+        attribute(golden, "temporary_security_group_source_cidrs")
+            .map(expression_text)
+            .as_deref(),
+        Some("var.builder_cidrs")
+    );
+    let filter = golden
+        .body()
+        .blocks()
+        .find(|b| b.identifier() == "source_ami_filter")
+        .unwrap_or_else(|| panic!("no source_ami_filter"));
+    assert_eq!(
+        attribute(filter, "most_recent"),
+        Some(&Expression::Bool(true))
+    );
+    assert_eq!(
+        attribute(filter, "owners").map(expression_text).as_deref(),
+        Some("var.base_ami_owners")
+    );
+    for key in ["tags", "snapshot_tags"] {
         assert_eq!(
-            attribute(golden, "encrypt_boot"),
-            Some(&Expression::Bool(true)),
-            "{role}"
+            attribute(golden, key).map(expression_text).as_deref(),
+            Some("local.ami_tags"),
+            "{key}"
         );
-        assert_eq!(
-            attribute(golden, "ssh_clear_authorized_keys"),
-            Some(&Expression::Bool(true)),
-            "{role}"
-        );
-        assert_eq!(
-            attribute(golden, "ssh_interface")
-                .map(expression_text)
-                .as_deref(),
-            Some("\"session_manager\""),
-            "{role}: the builder must be reached through SSM, not open SSH"
-        );
-        assert_eq!(
-            attribute(golden, "temporary_security_group_source_cidrs")
-                .map(expression_text)
-                .as_deref(),
-            Some("var.builder_cidrs"),
-            "{role}"
-        );
-        let filter = golden
-            .body()
-            .blocks()
-            .find(|b| b.identifier() == "source_ami_filter")
-            .unwrap_or_else(|| panic!("{role}: no source_ami_filter"));
-        assert_eq!(
-            attribute(filter, "most_recent"),
-            Some(&Expression::Bool(true)),
-            "{role}"
-        );
-        assert_eq!(
-            attribute(filter, "owners").map(expression_text).as_deref(),
-            Some("var.base_ami_owners"),
-            "{role}"
-        );
-        for key in ["tags", "snapshot_tags"] {
-            assert_eq!(
-                attribute(golden, key).map(expression_text).as_deref(),
-                Some("local.ami_tags"),
-                "{role}: {key}"
-            );
-        }
     }
-    let variables = std::fs::read_to_string(images_dir().join("app/variables.pkr.hcl")).unwrap();
+    let variables = std::fs::read_to_string(template_dir().join("variables.pkr.hcl")).unwrap();
     assert!(
         variables.contains("\"099720109477\""),
         "Canonical's owner id is the default"
@@ -234,58 +244,54 @@ fn the_golden_source_is_encrypted_reached_through_ssm_and_built_on_canonicals_ub
 
 #[test]
 fn the_smoke_source_talks_to_the_custom_endpoint_and_every_provisioner_skips_it() {
-    for role in ROLES {
-        let body = template(role);
-        let smoke = source(&body, "smoke");
+    let body = template();
+    let smoke = source(&body, "smoke");
+    assert_eq!(
+        attribute(smoke, "communicator")
+            .map(expression_text)
+            .as_deref(),
+        Some("\"none\"")
+    );
+    assert_eq!(
+        attribute(smoke, "custom_endpoint_ec2")
+            .map(expression_text)
+            .as_deref(),
+        Some("var.ec2_endpoint")
+    );
+    for key in [
+        "skip_credential_validation",
+        "skip_metadata_api_check",
+        "skip_region_validation",
+    ] {
         assert_eq!(
-            attribute(smoke, "communicator")
-                .map(expression_text)
-                .as_deref(),
-            Some("\"none\""),
-            "{role}"
+            attribute(smoke, key),
+            Some(&Expression::Bool(true)),
+            "{key}"
         );
+    }
+    // The smoke image carries the real name and tags: that is what the smoke bake checks.
+    for key in ["ami_name", "tags", "snapshot_tags"] {
         assert_eq!(
-            attribute(smoke, "custom_endpoint_ec2")
-                .map(expression_text)
-                .as_deref(),
-            Some("var.ec2_endpoint"),
-            "{role}"
+            attribute(smoke, key).map(expression_text),
+            attribute(source(&body, "golden"), key).map(expression_text),
+            "{key}"
         );
-        for key in [
-            "skip_credential_validation",
-            "skip_metadata_api_check",
-            "skip_region_validation",
-        ] {
-            assert_eq!(
-                attribute(smoke, key),
-                Some(&Expression::Bool(true)),
-                "{role}: {key}"
-            );
-        }
-        // The smoke image carries the real name and tags: that is what the smoke bake checks.
-        for key in ["ami_name", "tags", "snapshot_tags"] {
-            assert_eq!(
-                attribute(smoke, key).map(expression_text),
-                attribute(source(&body, "golden"), key).map(expression_text),
-                "{role}: {key}"
-            );
-        }
-        let build = body.blocks().find(|b| b.identifier() == "build").unwrap();
-        let provisioners: Vec<&Block> = build
-            .body()
-            .blocks()
-            .filter(|b| b.identifier() == "provisioner")
-            .collect();
-        assert!(provisioners.len() >= 4, "{role}: provisioning is missing");
-        for provisioner in provisioners {
-            assert_eq!(
-                attribute(provisioner, "except")
-                    .map(|e| expression_text(e).split_whitespace().collect::<String>())
-                    .as_deref(),
-                Some("[\"amazon-ebs.smoke\"]"),
-                "{role}: a provisioner without except = [\"amazon-ebs.smoke\"]"
-            );
-        }
+    }
+    let build = body.blocks().find(|b| b.identifier() == "build").unwrap();
+    let provisioners: Vec<&Block> = build
+        .body()
+        .blocks()
+        .filter(|b| b.identifier() == "provisioner")
+        .collect();
+    assert!(provisioners.len() >= 4, "provisioning is missing");
+    for provisioner in provisioners {
+        assert_eq!(
+            attribute(provisioner, "except")
+                .map(|e| expression_text(e).split_whitespace().collect::<String>())
+                .as_deref(),
+            Some("[\"amazon-ebs.smoke\"]"),
+            "a provisioner without except = [\"amazon-ebs.smoke\"]"
+        );
     }
 }
 
@@ -296,17 +302,14 @@ fn required_plugins_live_only_in_the_plugins_file() {
         plugins.contains("required_plugins"),
         "plugins.pkr.hcl pins the amazon plugin"
     );
-    for role in ROLES {
-        for entry in std::fs::read_dir(images_dir().join(role)).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "hcl") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                assert!(
-                    !text.contains("required_plugins"),
-                    "{}: Packer 1.6.6 rejects required_plugins",
-                    path.display()
-                );
-            }
-        }
+    // The template directory is what `packer build` loads; the plugins file stays outside it.
+    for entry in std::fs::read_dir(template_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("required_plugins"),
+            "{}: Packer 1.6.6 rejects required_plugins",
+            path.display()
+        );
     }
 }

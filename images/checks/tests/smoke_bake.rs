@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{Filter, Image, Tag};
 use packer_env::{
-    components_for, describe, images_dir, packer, run, sample_hash, write_var_file, ROLES,
+    components_for, describe, images_dir, packer, run, sample_hash, template_dir, write_var_file,
+    ROLES,
 };
 use serde_json::json;
 
@@ -88,7 +89,7 @@ fn every_role_smoke_bakes_into_moto_with_its_name_and_tags() {
             .current_dir(images_dir())
             .args(["build", "-only=amazon-ebs.smoke", "-color=false"])
             .arg(format!("-var-file={}", var_file.display()))
-            .arg(role));
+            .arg(template_dir()));
         assert!(
             output.status.success(),
             "packer build {role}: {}",

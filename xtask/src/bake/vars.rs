@@ -13,6 +13,9 @@ use crate::versions::Manifest;
 /// Every variable the bake passes to a role's template.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VarFile {
+    pub role: String,
+    /// Our own binaries the image ships, by file name in `artifacts_dir`.
+    pub artifacts: Vec<String>,
     pub region: String,
     pub input_hash: String,
     pub git_revision: String,
@@ -60,6 +63,11 @@ impl VarFile {
             sums.insert(name.to_string(), sum);
         }
         Ok(VarFile {
+            role: role.to_string(),
+            artifacts: crate::hash::shipped_binaries(role)
+                .iter()
+                .map(|name| name.to_string())
+                .collect(),
             region: common.region.to_string(),
             input_hash: input_hash.to_string(),
             git_revision: common.git_revision.to_string(),

@@ -10,12 +10,17 @@ use std::process::{Command, Output};
 
 use serde_json::{json, Value};
 
-/// Every role with a Packer template.
+/// Every role the template builds.
 pub const ROLES: [&str; 4] = ["app", "prometheus", "loki", "grafana"];
 
 /// `images/` in the checkout.
 pub fn images_dir() -> PathBuf {
     testkit::workspace_root().join("images")
+}
+
+/// The directory of the one Packer template, as `cargo xtask bake` passes it to Packer.
+pub fn template_dir() -> PathBuf {
+    images_dir().join("common/packer")
 }
 
 /// A `packer` command that cannot reach the network on its own and ignores the developer's
@@ -100,7 +105,14 @@ pub fn write_var_file(dir: &Path, role: &str, input_hash: &str, extra: Value) ->
         .iter()
         .map(|(n, c)| (n, &c.sha256["amd64"]))
         .collect();
+    let shipped = if role == "app" {
+        vec!["demo-app", "stack-agent"]
+    } else {
+        vec!["stack-agent"]
+    };
     let mut vars = json!({
+        "role": role,
+        "artifacts": shipped,
         "region": "us-east-1",
         "input_hash": input_hash,
         "git_revision": "0123456789abcdef0123456789abcdef01234567",

@@ -1,19 +1,21 @@
-# The Loki image: single-binary Loki with filesystem storage, plus what every image has
-# (node_exporter, the stack-agent and its units, hardening). Built by `cargo xtask bake`; see
-# images/README.md for the variables and tags.
+# The one Packer template every image is built from. What differs between roles is data:
+# `var.role` picks images/<role>/ (its files, install and self-check scripts), the var file
+# lists the role's upstream components and shipped binaries. Built by `cargo xtask bake`;
+# see images/README.md for the variables and tags.
 
 locals {
-  role = "loki"
+  role = var.role
 
-  # Shipped upstream components; each comes with VERSION/URL/SHA256 environment variables.
-  components = ["node_exporter", "loki"]
+  # The role's files: role.toml, templates/, rootfs/, provisioners/.
+  role_dir = "${path.root}/../../${var.role}"
 
-  # Our own binaries, from var.artifacts_dir.
-  artifacts = ["stack-agent"]
+  # Shipped upstream components (the role's entries in images/versions.toml); each comes with
+  # VERSION/URL/SHA256 environment variables for the provisioning scripts.
+  components = sort(keys(var.component_versions))
 
   timestamp = formatdate("YYYYMMDDhhmmss", timestamp())
   ami_name  = "${var.ami_name_prefix}-${local.role}-${substr(var.input_hash, 0, 12)}-${local.timestamp}"
-  manifest  = var.manifest_path != "" ? var.manifest_path : "${path.root}/../../target/packer/${local.role}-manifest.json"
+  manifest  = var.manifest_path != "" ? var.manifest_path : "${path.root}/../../../target/packer/${local.role}-manifest.json"
 
   ami_tags = merge(
     {
@@ -160,19 +162,19 @@ build {
   # Trailing slashes: upload the directories' contents, whatever path.root is relative to.
   provisioner "file" {
     except      = ["amazon-ebs.smoke"]
-    source      = "${path.root}/../common/"
+    source      = "${path.root}/../"
     destination = "/tmp/obstack/common"
   }
 
   provisioner "file" {
     except      = ["amazon-ebs.smoke"]
-    source      = "${path.root}/"
+    source      = "${local.role_dir}/"
     destination = "/tmp/obstack/role"
   }
 
   provisioner "file" {
     except      = ["amazon-ebs.smoke"]
-    sources     = [for name in local.artifacts : "${var.artifacts_dir}/${name}"]
+    sources     = [for name in var.artifacts : "${var.artifacts_dir}/${name}"]
     destination = "/tmp/obstack/artifacts/"
   }
 
@@ -181,13 +183,13 @@ build {
     execute_command  = "sudo env {{ .Vars }} bash '{{ .Path }}'"
     environment_vars = local.provision_env
     scripts = [
-      "${path.root}/../common/provisioners/base.sh",
-      "${path.root}/../common/provisioners/rootfs.sh",
-      "${path.root}/../common/provisioners/node-exporter.sh",
-      "${path.root}/provisioners/install.sh",
-      "${path.root}/../common/provisioners/agent.sh",
-      "${path.root}/provisioners/self-check.sh",
-      "${path.root}/../common/provisioners/cleanup.sh",
+      "${path.root}/../provisioners/base.sh",
+      "${path.root}/../provisioners/rootfs.sh",
+      "${path.root}/../provisioners/node-exporter.sh",
+      "${local.role_dir}/provisioners/install.sh",
+      "${path.root}/../provisioners/agent.sh",
+      "${local.role_dir}/provisioners/self-check.sh",
+      "${path.root}/../provisioners/cleanup.sh",
     ]
   }
 

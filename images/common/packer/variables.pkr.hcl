@@ -1,5 +1,25 @@
-# The bake's contract (images/README.md, "Packer templates"): every role declares exactly
-# these variables, byte for byte, so `cargo xtask bake` writes one var file shape for all.
+# The bake's contract (images/README.md, "Packer templates"): `cargo xtask bake` writes one
+# var file per role with these variables; nothing in it is secret.
+
+variable "role" {
+  type        = string
+  description = "The image to build: app, prometheus, loki or grafana (a directory under images/)."
+
+  validation {
+    condition     = contains(["app", "prometheus", "loki", "grafana"], var.role)
+    error_message = "The role must be one of app, prometheus, loki, grafana."
+  }
+}
+
+variable "artifacts" {
+  type        = list(string)
+  description = "Our own binaries the image ships, by file name in artifacts_dir: stack-agent, plus demo-app for the app role."
+
+  validation {
+    condition     = contains(var.artifacts, "stack-agent")
+    error_message = "The artifacts must include stack-agent: every image runs the boot agent."
+  }
+}
 
 variable "region" {
   type        = string
@@ -23,7 +43,7 @@ variable "git_revision" {
 
 variable "artifacts_dir" {
   type        = string
-  description = "Directory holding the release demo-app and stack-agent binaries (e.g. target/release)."
+  description = "Directory holding the release binaries listed in artifacts (e.g. target/release)."
 }
 
 variable "component_versions" {
