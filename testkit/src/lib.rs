@@ -4,6 +4,8 @@
 //! [`require_tool`]: a missing tool is a test *failure* with an install hint, never a
 //! silent skip, so CI cannot go green without having run them.
 
+pub mod http;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

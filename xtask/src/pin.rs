@@ -308,46 +308,20 @@ fn check(manifest: &Manifest) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::TcpListener;
+    use testkit::http::TestServer;
 
     const A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
     const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
     /// Serves `files` (path -> body) on a free 127.0.0.1 port and 404 for anything else.
-    fn serve(files: Vec<(&'static str, String)>) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut request = String::new();
-                reader.read_line(&mut request).unwrap();
-                let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-                loop {
-                    let mut header = String::new();
-                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-                        break;
-                    }
-                }
-                let found = files.iter().find(|(p, _)| *p == path);
-                let (status, body) = match found {
-                    Some((_, body)) => ("200 OK", body.clone()),
-                    None => ("404 Not Found", String::new()),
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        });
-        base
+    fn serve(files: Vec<(&'static str, String)>) -> TestServer {
+        TestServer::files(
+            files
+                .into_iter()
+                .map(|(path, body)| (path.to_string(), body.into_bytes()))
+                .collect(),
+        )
     }
 
     fn manifest_text(base: &str) -> String {
@@ -452,7 +426,7 @@ sha256 = {{ amd64 = "{C}", arm64 = "unverified" }}
                 format!("{C}\n"),
             ),
         ]);
-        let (_dir, path) = manifest_with(&base);
+        let (_dir, path) = manifest_with(base.url());
         let targets = vec![
             Target {
                 name: "tool".into(),
@@ -492,7 +466,7 @@ sha256 = {{ amd64 = "{C}", arm64 = "unverified" }}
             "/v9.9.9/sha256sums.txt",
             format!("{A}  tool-9.9.9.linux-arm64.tar.gz\n"),
         )]);
-        let (_dir, path) = manifest_with(&base);
+        let (_dir, path) = manifest_with(base.url());
         let before = std::fs::read_to_string(&path).unwrap();
         for version in ["9.9.9", "8.8.8"] {
             let targets = [Target {

@@ -4,10 +4,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use testkit::http::{Request, Response, TestServer};
 
 use common::*;
 
@@ -30,95 +30,70 @@ struct Seen {
 }
 
 struct FakeImds {
-    endpoint: String,
+    server: TestServer,
     seen: Arc<Mutex<Seen>>,
 }
 
 impl FakeImds {
     fn start(mode: TokenMode, tags: &[(&str, &str)]) -> FakeImds {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let tags: BTreeMap<String, String> = tags
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let seen = Arc::new(Mutex::new(Seen::default()));
         let shared = seen.clone();
-        // The thread dies with the test process; each test gets its own listener.
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let (tags, seen) = (tags.clone(), shared.clone());
-                std::thread::spawn(move || serve(stream, mode, &tags, &seen));
-            }
-        });
-        FakeImds { endpoint, seen }
+        let server = TestServer::start(move |request| answer(request, mode, &tags, &shared));
+        FakeImds { server, seen }
+    }
+
+    fn endpoint(&self) -> &str {
+        self.server.url()
     }
 }
 
-/// Answers one request per connection (`Connection: close`), like a minimal IMDS.
-fn serve(stream: TcpStream, mode: TokenMode, tags: &BTreeMap<String, String>, seen: &Mutex<Seen>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut request_line = String::new();
-    if reader.read_line(&mut request_line).is_err() {
-        return;
-    }
-    let mut token = None;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
-            break;
-        }
-        if let Some((name, value)) = header.split_once(':') {
-            if name.eq_ignore_ascii_case("x-aws-ec2-metadata-token") {
-                token = Some(value.trim().to_string());
-            }
-        }
-    }
-    let mut parts = request_line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, extra_header, body) = if method == "PUT" && path == "/latest/api/token" {
+/// Answers like a minimal IMDS that only speaks IMDSv2.
+fn answer(
+    request: &Request,
+    mode: TokenMode,
+    tags: &BTreeMap<String, String>,
+    seen: &Mutex<Seen>,
+) -> Response {
+    let path = request.path.as_str();
+    if request.method == "PUT" && path == "/latest/api/token" {
         seen.lock().unwrap().token_requests += 1;
-        match mode {
-            TokenMode::Issue => (
-                200,
-                "X-aws-ec2-metadata-token-ttl-seconds: 21600\r\n",
-                TOKEN.to_string(),
-            ),
-            TokenMode::Refuse(status) => (status, "", "no".to_string()),
-        }
-    } else if token.as_deref() != Some(TOKEN) {
+        return match mode {
+            TokenMode::Issue => Response::ok(TOKEN)
+                .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+                .header("Content-Type", "text/plain"),
+            TokenMode::Refuse(status) => Response::status(status).body("no"),
+        };
+    }
+    if request.header("x-aws-ec2-metadata-token") != Some(TOKEN) {
         // IMDSv2-only: a request without a session token is unauthorized. The fake still
         // counts it, so a test can prove the agent never tried the IMDSv1 way.
         seen.lock().unwrap().gets_without_token += 1;
-        (401, "", String::new())
-    } else {
-        seen.lock().unwrap().gets_with_token += 1;
-        let listing = tags.keys().cloned().collect::<Vec<_>>().join("\n");
-        match path {
-            "/latest/meta-data/instance-id" => (200, "", INSTANCE_ID.to_string()),
-            "/latest/meta-data/tags/instance" => (200, "", listing),
-            _ => match path
-                .strip_prefix("/latest/meta-data/tags/instance/")
-                .and_then(|k| tags.get(k))
-            {
-                Some(value) => (200, "", value.clone()),
-                None => (404, "", String::new()),
-            },
-        }
-    };
-    let mut stream = stream;
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{extra_header}Connection: close\r\n\r\n{body}",
-        body.len()
-    );
+        return Response::status(401);
+    }
+    seen.lock().unwrap().gets_with_token += 1;
+    let listing = tags.keys().cloned().collect::<Vec<_>>().join("\n");
+    match path {
+        "/latest/meta-data/instance-id" => Response::ok(INSTANCE_ID),
+        "/latest/meta-data/tags/instance" => Response::ok(listing),
+        _ => match path
+            .strip_prefix("/latest/meta-data/tags/instance/")
+            .and_then(|k| tags.get(k))
+        {
+            Some(value) => Response::ok(value.clone()),
+            None => Response::not_found(),
+        },
+    }
 }
 
 fn agent_on_imds(imds: &FakeImds, root: &std::path::Path, extra: &[&str]) -> std::process::Command {
     let mut args = vec!["--tags-from", "imds"];
     args.extend_from_slice(extra);
     let mut command = agent("render", "app", root, &args);
-    command.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds.endpoint);
+    command.env("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint());
     command
 }
 

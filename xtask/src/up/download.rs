@@ -212,27 +212,11 @@ fn make_executable(path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
-    use std::net::TcpListener;
+    use testkit::http::{Response, TestServer};
 
-    /// Serves `body` to every request on a loopback port; returns the base URL.
-    fn serve(body: Vec<u8>) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { return };
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request);
-                let head = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                let _ = stream.write_all(head.as_bytes());
-                let _ = stream.write_all(&body);
-            }
-        });
-        base
+    /// Serves `body` to every request on a loopback port.
+    fn serve(body: Vec<u8>) -> TestServer {
+        TestServer::start(move |_| Response::ok(body.clone()))
     }
 
     /// A release tarball holding `thing-1.0.linux-amd64/thing`, like upstream's.
@@ -268,7 +252,8 @@ mod tests {
     #[test]
     fn a_mismatching_download_is_refused_and_nothing_is_installed() {
         let body = tarball();
-        let base = serve(body.clone());
+        let server = serve(body.clone());
+        let base = server.url();
         let cache = tempfile::tempdir().unwrap();
         let release = Release {
             id: "thing-1.0-amd64".into(),
@@ -294,7 +279,8 @@ mod tests {
     #[test]
     fn a_matching_download_is_installed_once_and_reused() {
         let body = tarball();
-        let base = serve(body.clone());
+        let server = serve(body.clone());
+        let base = server.url();
         let cache = tempfile::tempdir().unwrap();
         let release = Release {
             id: "thing-1.0-amd64".into(),
@@ -323,7 +309,8 @@ mod tests {
             .unwrap();
         zip.write_all(b"#!/bin/sh\necho loki\n").unwrap();
         let body = zip.finish().unwrap().into_inner();
-        let base = serve(body.clone());
+        let server = serve(body.clone());
+        let base = server.url();
         let cache = tempfile::tempdir().unwrap();
         let release = Release {
             id: "loki-3.0-amd64".into(),
