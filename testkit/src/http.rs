@@ -11,6 +11,7 @@ pub struct Request {
     /// The path with its query string, e.g. `/latest/meta-data/tags/instance`.
     pub path: String,
     headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -68,11 +69,13 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Serves every request with `handler`, one at a time.
+    /// Serves every request with `handler`, each on its own thread, so a handler that takes
+    /// its time (a stand-in for a slow service) never holds up the others.
     pub fn start<F>(handler: F) -> TestServer
     where
-        F: Fn(&Request) -> Response + Send + 'static,
+        F: Fn(&Request) -> Response + Send + Sync + 'static,
     {
+        let handler = Arc::new(handler);
         let server = Arc::new(
             tiny_http::Server::http("127.0.0.1:0").expect("bind a loopback port for a test server"),
         );
@@ -85,31 +88,9 @@ impl TestServer {
         );
         let serving = server.clone();
         let thread = std::thread::spawn(move || {
-            for mut incoming in serving.incoming_requests() {
-                // Read the body so the client never sees a reset while still sending it.
-                let mut sink = Vec::new();
-                let _ = std::io::Read::read_to_end(incoming.as_reader(), &mut sink);
-                let request = Request {
-                    method: incoming.method().as_str().to_ascii_uppercase(),
-                    path: incoming.url().to_string(),
-                    headers: incoming
-                        .headers()
-                        .iter()
-                        .map(|h| (h.field.as_str().to_string(), h.value.to_string()))
-                        .collect(),
-                };
-                let answer = handler(&request);
-                let mut response =
-                    tiny_http::Response::from_data(answer.body).with_status_code(answer.status);
-                for (name, value) in &answer.headers {
-                    if let Ok(header) =
-                        tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-                    {
-                        response.add_header(header);
-                    }
-                }
-                // A client that gave up is the test's business, not the server's.
-                let _ = incoming.respond(response);
+            for incoming in serving.incoming_requests() {
+                let handler = Arc::clone(&handler);
+                std::thread::spawn(move || answer(incoming, handler.as_ref()));
             }
         });
         TestServer {
@@ -134,6 +115,30 @@ impl TestServer {
     pub fn url(&self) -> &str {
         &self.url
     }
+}
+
+fn answer(mut incoming: tiny_http::Request, handler: &dyn Fn(&Request) -> Response) {
+    let mut body = Vec::new();
+    let _ = std::io::Read::read_to_end(incoming.as_reader(), &mut body);
+    let request = Request {
+        method: incoming.method().as_str().to_ascii_uppercase(),
+        path: incoming.url().to_string(),
+        headers: incoming
+            .headers()
+            .iter()
+            .map(|h| (h.field.as_str().to_string(), h.value.to_string()))
+            .collect(),
+        body,
+    };
+    let answer = handler(&request);
+    let mut response = tiny_http::Response::from_data(answer.body).with_status_code(answer.status);
+    for (name, value) in &answer.headers {
+        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
+    // A client that gave up is the test's business, not the server's.
+    let _ = incoming.respond(response);
 }
 
 impl Drop for TestServer {
@@ -167,20 +172,24 @@ mod tests {
     }
 
     #[test]
-    fn the_handler_sees_method_path_and_headers() {
+    fn the_handler_sees_method_path_headers_and_body() {
         let server = TestServer::start(|request| {
             let token = request.header("X-Token").unwrap_or("none").to_string();
             Response::status(201)
                 .header("X-Echo", &format!("{} {}", request.method, request.path))
-                .body(token)
+                .body(format!(
+                    "{token}:{}",
+                    String::from_utf8_lossy(&request.body)
+                ))
         });
         let response = reqwest::blocking::Client::new()
             .put(format!("{}/p?q=1", server.url()))
             .header("x-token", "abc")
+            .body("payload")
             .send()
             .unwrap();
         assert_eq!(response.status().as_u16(), 201);
         assert_eq!(response.headers()["x-echo"], "PUT /p?q=1");
-        assert_eq!(response.text().unwrap(), "abc");
+        assert_eq!(response.text().unwrap(), "abc:payload");
     }
 }

@@ -5,7 +5,7 @@ mod bake_support;
 
 use std::time::{Duration, Instant};
 
-use bake_support::{describe, flip_last_byte, states, tags, Sandbox, ROLES};
+use bake_support::{describe, flip_last_byte, states, tags, Sandbox, StallingEc2, ROLES};
 
 #[test]
 fn preflight_errors_are_one_line_and_nothing_is_created() {
@@ -206,30 +206,38 @@ fn a_smoke_bake_builds_every_role_into_moto_in_parallel_with_the_contract_tags()
 }
 
 #[test]
-fn ctrl_c_during_a_bake_leaves_no_key_pair_security_group_or_instance() {
+fn ctrl_c_during_a_bake_reaches_every_packer_which_cleans_up_before_the_bake_exits() {
     let sandbox = Sandbox::new();
+    // Builders never finish booting here, so without the interrupt no bake could end.
+    let ec2 = StallingEc2::start(&sandbox.moto.endpoint());
     let mut child = sandbox
         .xtask(&["bake", "--smoke", "--json"])
+        .env("AWS_ENDPOINT_URL", ec2.endpoint())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until Packer has launched builders, then interrupt as a terminal would.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while sandbox.all_instances() == 0 {
-        assert!(Instant::now() < deadline, "no builder instance appeared");
+    // Wait until every role's Packer has launched its builder, then interrupt as a terminal
+    // would.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while sandbox.all_instances() < ROLES.len() {
+        assert!(
+            Instant::now() < deadline,
+            "not every role launched a builder"
+        );
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the bake ended before it launched anything"
+            "the bake ended before every builder was launched"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert_eq!(sandbox.live_instances(), ROLES.len());
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(240);
     while child.try_wait().unwrap().is_none() {
         assert!(
             Instant::now() < deadline,
@@ -238,19 +246,22 @@ fn ctrl_c_during_a_bake_leaves_no_key_pair_security_group_or_instance() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success(), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("interrupt"), "{}", describe(&output));
     let summary: serde_json::Value =
         serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", describe(&output)));
     let result = states(&summary);
     assert_eq!(result.len(), ROLES.len(), "the summary names every role");
-    let interrupted = result.values().filter(|r| r.0 == "interrupted").count();
+    for (role, (state, ..)) in &result {
+        assert_eq!(state, "interrupted", "{role}: {}", describe(&output));
+    }
     assert!(
-        !output.status.success() || interrupted == 0,
-        "{}",
-        describe(&output)
+        sandbox.project_images().is_empty(),
+        "an interrupted bake registered an AMI"
     );
 
+    // Every Packer cleaned up after itself before the bake returned.
     sandbox.runtime.block_on(async {
         let pairs = sandbox.client.describe_key_pairs().send().await.unwrap();
         let leftover: Vec<_> = pairs

@@ -229,3 +229,64 @@ fn copy_images(from: &Path, to: &Path) {
         }
     }
 }
+
+/// An EC2 endpoint in front of moto on which no instance ever finishes booting: every
+/// `DescribeInstances` answer shows `running` instances as `pending`. Packer's builder then
+/// waits (cancellably) for its instance, so a test can interrupt a bake while every Packer is
+/// mid-build, with an instance and a security group to clean up.
+pub struct StallingEc2 {
+    pub server: testkit::http::TestServer,
+}
+
+impl StallingEc2 {
+    pub fn start(moto_endpoint: &str) -> StallingEc2 {
+        use testkit::http::{Response, TestServer};
+        let upstream = moto_endpoint.to_string();
+        let client = reqwest::blocking::Client::new();
+        let server = TestServer::start(move |request| {
+            let mut forward = client.request(
+                reqwest::Method::from_bytes(request.method.as_bytes()).unwrap(),
+                format!("{upstream}{}", request.path),
+            );
+            for name in [
+                "content-type",
+                "authorization",
+                "x-amz-date",
+                "x-amz-target",
+            ] {
+                if let Some(value) = request.header(name) {
+                    forward = forward.header(name, value);
+                }
+            }
+            let answer = forward.body(request.body.clone()).send().unwrap();
+            let status = answer.status().as_u16();
+            let content_type = answer
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("text/xml")
+                .to_string();
+            let mut body = answer.text().unwrap();
+            if is_action(&request.body, "DescribeInstances") {
+                body = body
+                    .replace("<code>16</code>", "<code>0</code>")
+                    .replace("<name>running</name>", "<name>pending</name>");
+            }
+            Response::status(status)
+                .header("Content-Type", &content_type)
+                .body(body)
+        });
+        StallingEc2 { server }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        self.server.url()
+    }
+}
+
+/// Whether an EC2 query-protocol request body (`Action=...&...`) is `action`.
+fn is_action(body: &[u8], action: &str) -> bool {
+    String::from_utf8_lossy(body)
+        .split('&')
+        .any(|pair| pair == format!("Action={action}"))
+}
