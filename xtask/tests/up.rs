@@ -1,4 +1,4 @@
-//! `cargo xtask up --detach`, `ps` and `down` end to end, with Debian's Prometheus and the
+//! `cargo xtask up --detach`, `ps` and `down`, then `up` in the foreground and Ctrl-C, end to end, with Debian's Prometheus and the
 //! demo app built from the checkout. The stack uses the AMIs' fixed ports, so every step
 //! runs in this one test, in order; the stack's files go to a temporary directory.
 
@@ -124,7 +124,7 @@ fn component<'a>(ps: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
-fn up_detached_runs_the_app_and_prometheus_then_down_stops_everything() {
+fn up_runs_the_app_and_prometheus_detached_and_in_the_foreground_and_stops_cleanly() {
     testkit::require_tool("prometheus");
     let xtask = Xtask::new();
     let _stop = StopOnDrop(&xtask);
@@ -250,4 +250,60 @@ fn up_detached_runs_the_app_and_prometheus_then_down_stops_everything() {
     let ps = xtask.ps();
     assert_eq!(ps["running"], false, "{ps}");
     assert_eq!(ps["components"].as_array().unwrap().len(), 0, "{ps}");
+
+    // In the foreground, up runs until Ctrl-C and then stops everything it started.
+    let log_path = xtask.stack_dir.path().join("foreground.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut foreground = xtask
+        .command(
+            xtask.stack_dir.path(),
+            &["up", "--offline", "--timeout", "180s"],
+        )
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let ps = eventually(
+        "the foreground stack is healthy",
+        Duration::from_secs(180),
+        || {
+            assert!(
+                foreground.try_wait().unwrap().is_none(),
+                "foreground up exited:\n{}",
+                log_text()
+            );
+            let ps = xtask.ps();
+            let components = ps["components"].as_array()?;
+            let healthy = ["app", "prometheus"].iter().all(|name| {
+                components
+                    .iter()
+                    .any(|c| c["name"] == *name && c["healthy"] == true)
+            });
+            healthy.then(|| ps.clone())
+        },
+    );
+    let pids: Vec<u64> = ps["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["pid"].as_u64().unwrap())
+        .collect();
+    let status = Command::new("kill")
+        .args(["-INT", &foreground.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = eventually("up stops after Ctrl-C", Duration::from_secs(60), || {
+        foreground.try_wait().unwrap()
+    });
+    assert!(exit.success(), "up after Ctrl-C: {exit}\n{}", log_text());
+    for pid in &pids {
+        assert!(!is_running(*pid), "pid {pid} survived Ctrl-C");
+    }
+    for port in [5000, 9090] {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("port {port} still taken after Ctrl-C: {e}"));
+    }
+    assert!(!xtask.stack_dir.path().join("state.json").exists());
 }
