@@ -169,7 +169,23 @@ pub fn workspace_root() -> PathBuf {
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let build = |args: &[&str]| {
-        Command::new(&cargo)
+        let mut command = Command::new(&cargo);
+        // Not the variables cargo set for this test: ring's build script reruns when
+        // CARGO_MANIFEST_DIR changes, which would rebuild the AWS SDKs twice per suite.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy();
+            if name == "CARGO_MANIFEST_DIR"
+                || name == "CARGO_MANIFEST_PATH"
+                || name == "CARGO_CRATE_NAME"
+                || name == "CARGO_PRIMARY_PACKAGE"
+                || name == "CARGO_TARGET_TMPDIR"
+                || name.starts_with("CARGO_PKG_")
+                || name.starts_with("CARGO_BIN_")
+            {
+                command.env_remove(name.as_ref());
+            }
+        }
+        command
             .current_dir(workspace_root())
             .args(args)
             .status()

@@ -12,6 +12,39 @@ where
     duct::cmd(program, args)
 }
 
+/// `cargo ARGS` from inside a cargo-run process (`cargo xtask ...`, a test): the same cargo,
+/// without the variables cargo set for the crate it ran. Some build scripts (ring's) rerun
+/// when `CARGO_MANIFEST_DIR` changes, so passing those on would make every nested build
+/// recompile ring and everything above it, and the next ordinary build do it again.
+pub fn cargo<I, S>(args: I) -> duct::Expression
+where
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString>,
+{
+    let program = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| is_set_by_cargo_for_a_crate(name))
+        .fold(duct::cmd(program, args), |expression, name| {
+            expression.env_remove(name)
+        })
+}
+
+/// The variables cargo sets for a crate it builds or runs (not the user's cargo settings).
+fn is_set_by_cargo_for_a_crate(name: &str) -> bool {
+    const EXACT: [&str; 8] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
+}
+
 /// Extension methods that log an expression and name it in errors.
 pub trait ExpressionExt {
     /// Runs the command with inherited stdio, failing on a non-zero exit.
@@ -41,4 +74,28 @@ pub fn require_tool(tool: &str, install_hint: &str) -> anyhow::Result<std::path:
         .map(|dir| dir.join(tool))
         .find(|candidate| candidate.is_file())
         .with_context(|| format!("`{tool}` is not on PATH: {install_hint}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_crates_own_cargo_variables_are_dropped() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_BIN_EXE_xtask",
+        ] {
+            assert!(is_set_by_cargo_for_a_crate(name), "{name}");
+        }
+        for name in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_PROFILE_RELEASE_LTO",
+            "PATH",
+        ] {
+            assert!(!is_set_by_cargo_for_a_crate(name), "{name}");
+        }
+    }
 }

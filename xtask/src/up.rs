@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::{DownArgs, PsArgs, UpArgs};
-use crate::cmd::{cmd, ExpressionExt};
+use crate::cmd::ExpressionExt;
 use crate::versions::Manifest;
 use binaries::{Found, Resolver};
 use components::{Component, Source, COMPONENTS};
@@ -411,10 +411,9 @@ fn explicit_path<'a>(args: &'a UpArgs, name: &str) -> Option<&'a std::path::Path
 /// Builds the checkout's binaries (debug profile: quick, and shared with the test suite)
 /// and fills in their paths.
 fn build_workspace_binaries(planned: &mut [(Component, Found)]) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     for (component, found) in planned.iter_mut() {
         if let Source::Workspace { package, bin } = component.source {
-            cmd(&cargo, ["build", "--quiet", "-p", package, "--bin", bin])
+            crate::cmd::cargo(["build", "--quiet", "-p", package, "--bin", bin])
                 .dir(crate::project::root())
                 .run_logged()
                 .with_context(|| format!("cannot build {package}"))?;

@@ -41,9 +41,7 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
         ));
     }
     let target_dir = cargo_target_dir();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    crate::cmd::cmd(
-        &cargo,
+    crate::cmd::cargo(
         [
             "build",
             "--release",

@@ -137,20 +137,16 @@ fn verdict(what: &str, met: bool) {
 
 /// Builds both servers in release mode and returns their paths.
 fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    cmd(
-        &cargo,
-        [
-            "build",
-            "--release",
-            "-p",
-            "demo-app",
-            "--bin",
-            "demo-app",
-            "--example",
-            "bare",
-        ],
-    )
+    crate::cmd::cargo([
+        "build",
+        "--release",
+        "-p",
+        "demo-app",
+        "--bin",
+        "demo-app",
+        "--example",
+        "bare",
+    ])
     .dir(project::root())
     .run_logged()
     .context("building the benchmark's release binaries")?;
