@@ -51,13 +51,18 @@ pub enum BenchTarget {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  cargo xtask bench app\n  cargo xtask bench app --duration 5s")]
+#[command(
+    after_help = "Examples:\n  cargo xtask bench app\n  cargo xtask bench app --duration 5s --rounds 5"
+)]
 pub struct BenchArgs {
     /// What to benchmark.
     pub target: BenchTarget,
     /// How long each load run lasts, e.g. `10s`.
     #[arg(long, default_value = "10s")]
     pub duration: String,
+    /// Interleaved rounds of runs for `app`; more rounds average out a noisy machine.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub rounds: u32,
 }
 
 #[derive(Debug, Args)]

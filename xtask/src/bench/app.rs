@@ -14,7 +14,6 @@ use crate::cmd::{cmd, ExpressionExt};
 use crate::project;
 
 const CONCURRENCIES: [u32; 2] = [10, 64];
-const ROUNDS: usize = 2;
 const WARM_UP: Duration = Duration::from_secs(2);
 const PATH: &str = "/api/data";
 const SERVER_CORE: u32 = 0;
@@ -25,7 +24,7 @@ const TARGET_RATIO_C64: f64 = 0.85;
 const TARGET_P99_C10_MS: f64 = 2.0;
 const TARGET_RSS_MB: f64 = 30.0;
 
-pub fn run(duration: &str) -> anyhow::Result<()> {
+pub fn run(duration: &str, rounds: usize) -> anyhow::Result<()> {
     let duration = humantime::parse_duration(duration).with_context(|| {
         format!("--duration `{duration}` is not a duration; write it like `10s`")
     })?;
@@ -53,7 +52,7 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
     }
 
     let mut results = Results::default();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for &connections in &CONCURRENCIES {
             // Alternate which server goes first, so neither always runs on a warmer machine.
             let order = if (round + connections as usize).is_multiple_of(2) {
@@ -63,13 +62,13 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
             };
             for server in order {
                 eprintln!(
-                    "round {}/{ROUNDS}: {} at c={connections} for {}",
+                    "round {}/{rounds}: {} at c={connections} for {}",
                     round + 1,
                     server.name,
                     humantime::format_duration(duration)
                 );
                 let sample = generator.drive(server.addr, connections, duration, pinning)?;
-                results.push(server.name == "demo-app", connections, sample);
+                results.push(round, server.name == "demo-app", connections, sample);
             }
         }
     }
@@ -82,7 +81,7 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
 
     println!();
     println!(
-        "demo-app vs bare warp, GET {PATH}, {} per run, {ROUNDS} interleaved rounds (mean), load by {}{}",
+        "demo-app vs bare warp, GET {PATH}, {} per run, {rounds} interleaved rounds (mean), load by {}{}",
         humantime::format_duration(duration),
         generator.name(),
         pinning.describe()
@@ -106,6 +105,12 @@ pub fn run(duration: &str) -> anyhow::Result<()> {
             bare.p99_ms
         );
     }
+    // The spread says how far one round can be trusted on this machine.
+    let per_round: Vec<String> = (0..rounds)
+        .filter_map(|round| results.round_ratio(round, 64))
+        .map(|ratio| format!("{ratio:.3}"))
+        .collect();
+    println!("ratio at c=64 per round: {}", per_round.join(" "));
     println!("peak RSS (VmHWM): demo-app {app_rss:.1} MB, bare {bare_rss:.1} MB");
     println!(
         "demo-app wrote {:.1} MB of JSON log lines",
@@ -365,23 +370,34 @@ fn log_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Samples per (server, concurrency).
+/// Samples per (round, server, concurrency).
 #[derive(Default)]
 struct Results {
-    samples: Vec<(bool, u32, Sample)>,
+    samples: Vec<(usize, bool, u32, Sample)>,
 }
 
 impl Results {
-    fn push(&mut self, is_app: bool, connections: u32, sample: Sample) {
-        self.samples.push((is_app, connections, sample));
+    fn push(&mut self, round: usize, is_app: bool, connections: u32, sample: Sample) {
+        self.samples.push((round, is_app, connections, sample));
+    }
+
+    /// app req/s over bare req/s within one round.
+    fn round_ratio(&self, round: usize, connections: u32) -> Option<f64> {
+        let find = |is_app: bool| {
+            self.samples
+                .iter()
+                .find(|(r, app, c, _)| *r == round && *app == is_app && *c == connections)
+                .map(|(.., sample)| sample.requests_per_sec)
+        };
+        Some(find(true)? / find(false)?)
     }
 
     fn mean(&self, is_app: bool, connections: u32) -> Sample {
         let matching: Vec<&Sample> = self
             .samples
             .iter()
-            .filter(|(app, c, _)| *app == is_app && *c == connections)
-            .map(|(_, _, sample)| sample)
+            .filter(|(_, app, c, _)| *app == is_app && *c == connections)
+            .map(|(.., sample)| sample)
             .collect();
         let n = matching.len().max(1) as f64;
         Sample {
@@ -389,5 +405,33 @@ impl Results {
             p50_ms: matching.iter().map(|s| s.p50_ms).sum::<f64>() / n,
             p99_ms: matching.iter().map(|s| s.p99_ms).sum::<f64>() / n,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(requests_per_sec: f64) -> Sample {
+        Sample {
+            requests_per_sec,
+            p50_ms: 0.1,
+            p99_ms: 1.0,
+        }
+    }
+
+    #[test]
+    fn ratios_pair_each_rounds_app_and_bare_runs_and_means_average_rounds() {
+        let mut results = Results::default();
+        results.push(0, true, 64, sample(80.0));
+        results.push(0, false, 64, sample(100.0));
+        results.push(1, false, 64, sample(200.0));
+        results.push(1, true, 64, sample(180.0));
+        results.push(1, true, 10, sample(5.0));
+        assert_eq!(results.round_ratio(0, 64), Some(0.8));
+        assert_eq!(results.round_ratio(1, 64), Some(0.9));
+        assert_eq!(results.round_ratio(1, 10), None, "no bare run at c=10");
+        assert_eq!(results.mean(true, 64).requests_per_sec, 130.0);
+        assert_eq!(results.mean(false, 64).requests_per_sec, 150.0);
     }
 }
