@@ -17,7 +17,7 @@ use super::interrupt::Interrupt;
 #[derive(Debug, Clone)]
 pub struct Job {
     pub role: String,
-    /// `images/<role>`.
+    /// The one template directory (`images/common/packer`); the var file picks the role.
     pub template_dir: PathBuf,
     pub var_file: PathBuf,
     /// Everything Packer printed.
