@@ -158,6 +158,22 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| here.to_path_buf())
 }
 
+/// The variables cargo sets for a crate it builds or runs, not the user's cargo settings.
+/// The same list as xtask's `cmd::cargo` (xtask cannot use this dev-only crate).
+fn is_set_by_cargo_for_a_crate(name: &str) -> bool {
+    const EXACT: [&str; 8] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
+}
+
 /// Builds (if needed) the debug binary `bin` of workspace package `package` and returns its
 /// path. For tests in one crate that run another crate's binary (cargo only hands a crate
 /// its own binaries through `CARGO_BIN_EXE_*`). Cargo releases its build lock before running
@@ -174,14 +190,7 @@ pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
         // CARGO_MANIFEST_DIR changes, which would rebuild the AWS SDKs twice per suite.
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy();
-            if name == "CARGO_MANIFEST_DIR"
-                || name == "CARGO_MANIFEST_PATH"
-                || name == "CARGO_CRATE_NAME"
-                || name == "CARGO_PRIMARY_PACKAGE"
-                || name == "CARGO_TARGET_TMPDIR"
-                || name.starts_with("CARGO_PKG_")
-                || name.starts_with("CARGO_BIN_")
-            {
+            if is_set_by_cargo_for_a_crate(&name) {
                 command.env_remove(name.as_ref());
             }
         }

@@ -3,8 +3,8 @@
 
 mod bake_support;
 
-use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice, Tag};
-use bake_support::{describe, Sandbox};
+use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice};
+use bake_support::{describe, tag_as_baked, Sandbox};
 
 /// Registers an AMI of `role` backed by a fresh snapshot; returns (ami, snapshot).
 fn register_with_snapshot(sandbox: &Sandbox, role: &str, n: u32) -> (String, String) {
@@ -45,23 +45,7 @@ fn register_with_snapshot(sandbox: &Sandbox, role: &str, n: u32) -> (String, Str
             .image_id()
             .unwrap()
             .to_string();
-        let hash = format!("{n:064}");
-        let tags = [
-            ("obstack:project", "obstack"),
-            ("obstack:role", role),
-            ("obstack:input-hash", hash.as_str()),
-        ];
-        client
-            .create_tags()
-            .resources(&ami)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-                    .collect(),
-            ))
-            .send()
-            .await
-            .unwrap();
+        tag_as_baked(client, &ami, role, &format!("{n:064}")).await;
         // moto backs a registered image with a snapshot of its own: use the one it reports.
         let described = client
             .describe_images()

@@ -114,6 +114,18 @@ fn is_running(pid: u64) -> bool {
     }
 }
 
+/// After `how` stopped the stack: none of `pids` runs, the ports are free, no state is left.
+fn assert_stopped(xtask: &Xtask, pids: &[u64], how: &str) {
+    for pid in pids {
+        assert!(!is_running(*pid), "pid {pid} survived {how}");
+    }
+    for port in [5000, 9090] {
+        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .unwrap_or_else(|e| panic!("port {port} still taken after {how}: {e}"));
+    }
+    assert!(!xtask.stack_dir.path().join("state.json").exists());
+}
+
 fn component<'a>(ps: &'a Value, name: &str) -> &'a Value {
     ps["components"]
         .as_array()
@@ -239,14 +251,7 @@ fn up_runs_the_app_and_prometheus_detached_and_in_the_foreground_and_stops_clean
     assert!(pids.iter().all(|&pid| is_running(pid)), "{ps}");
     let down = xtask.run(&["down"]);
     assert!(down.status.success(), "down failed: {}", text(&down.stderr));
-    for pid in &pids {
-        assert!(!is_running(*pid), "pid {pid} survived `down`");
-    }
-    for port in [5000, 9090] {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-            .unwrap_or_else(|e| panic!("port {port} still taken after down: {e}"));
-    }
-    assert!(!xtask.stack_dir.path().join("state.json").exists());
+    assert_stopped(&xtask, &pids, "`down`");
     let ps = xtask.ps();
     assert_eq!(ps["running"], false, "{ps}");
     assert_eq!(ps["components"].as_array().unwrap().len(), 0, "{ps}");
@@ -298,12 +303,5 @@ fn up_runs_the_app_and_prometheus_detached_and_in_the_foreground_and_stops_clean
         foreground.try_wait().unwrap()
     });
     assert!(exit.success(), "up after Ctrl-C: {exit}\n{}", log_text());
-    for pid in &pids {
-        assert!(!is_running(*pid), "pid {pid} survived Ctrl-C");
-    }
-    for port in [5000, 9090] {
-        TcpListener::bind((Ipv4Addr::LOCALHOST, port))
-            .unwrap_or_else(|e| panic!("port {port} still taken after Ctrl-C: {e}"));
-    }
-    assert!(!xtask.stack_dir.path().join("state.json").exists());
+    assert_stopped(&xtask, &pids, "Ctrl-C");
 }

@@ -137,25 +137,30 @@ impl Sandbox {
                 .image_id()
                 .unwrap()
                 .to_string();
-            let tags = [
-                ("obstack:project", "obstack"),
-                ("obstack:role", role),
-                ("obstack:input-hash", hash),
-            ];
-            self.client
-                .create_tags()
-                .resources(&id)
-                .set_tags(Some(
-                    tags.iter()
-                        .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
-                        .collect(),
-                ))
-                .send()
-                .await
-                .unwrap();
+            tag_as_baked(&self.client, &id, role, hash).await;
             id
         })
     }
+}
+
+/// Tags AMI `id` as the bake tags one of `role` with `hash`.
+pub async fn tag_as_baked(client: &aws_sdk_ec2::Client, id: &str, role: &str, hash: &str) {
+    let tags = [
+        ("obstack:project", "obstack"),
+        ("obstack:role", role),
+        ("obstack:input-hash", hash),
+    ];
+    client
+        .create_tags()
+        .resources(id)
+        .set_tags(Some(
+            tags.iter()
+                .map(|(k, v)| Tag::builder().key(*k).value(*v).build())
+                .collect(),
+        ))
+        .send()
+        .await
+        .unwrap();
 }
 
 pub fn tags(image: &Image) -> BTreeMap<String, String> {
