@@ -285,7 +285,10 @@ fn up_runs_the_app_and_prometheus_detached_and_in_the_foreground_and_stops_clean
                     .iter()
                     .any(|c| c["name"] == *name && c["healthy"] == true)
             });
-            healthy.then(|| ps.clone())
+            // `ps` can see the stack healthy before `up`'s own health loop does; Ctrl-C in
+            // between is an interrupted start, not a stop. `up` says when it supervises.
+            let supervising = log_text().contains("Press Ctrl-C to stop the stack.");
+            (healthy && supervising).then(|| ps.clone())
         },
     );
     let pids: Vec<u64> = ps["components"]
