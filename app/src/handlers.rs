@@ -1,4 +1,4 @@
-//! The ends of the route chains: plain functions from validated input to a JSON response.
+//! What each route answers: plain functions from validated input to a JSON response.
 //! Bad input becomes a 400 naming the parameter; nothing here panics.
 
 use std::collections::HashMap;
@@ -10,7 +10,7 @@ use warp::http::header::{HeaderValue, CONTENT_TYPE};
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use crate::context::{Shared, VERSION};
+use crate::context::{AppContext, VERSION};
 use crate::labels::Endpoint;
 
 /// Query parameters as sent; unknown ones are ignored.
@@ -55,7 +55,7 @@ pub fn index() -> Response {
 }
 
 /// `GET /health`.
-pub fn health(ctx: Shared) -> Response {
+pub fn health(ctx: &AppContext) -> Response {
     json_response(
         StatusCode::OK,
         &json!({
@@ -67,7 +67,7 @@ pub fn health(ctx: Shared) -> Response {
 }
 
 /// `GET /metrics`: the Prometheus text format.
-pub fn metrics(ctx: Shared) -> Response {
+pub fn metrics(ctx: &AppContext) -> Response {
     match ctx.metrics.render() {
         Ok(text) => {
             let mut response = text.into_response();
@@ -103,8 +103,8 @@ pub fn sample_record() -> Response {
 }
 
 /// `GET /api/data`, with optional simulated latency (`delay_ms`, when enabled).
-pub async fn api_data(query: Query, ctx: Shared) -> Response {
-    match simulated_delay(&query, ctx.max_simulated_delay) {
+pub async fn api_data(query: &Query, ctx: &AppContext) -> Response {
+    match simulated_delay(query, ctx.max_simulated_delay) {
         Ok(Some(delay)) => tokio::time::sleep(delay).await,
         Ok(None) => {}
         Err(bad) => return bad_request(&bad),
@@ -140,8 +140,8 @@ pub fn simulated_delay(query: &Query, max: Duration) -> Result<Option<Duration>,
 }
 
 /// `GET /api/random[?min=..&max=..]`.
-pub fn api_random(query: Query) -> Response {
-    match random_bounds(&query) {
+pub fn api_random(query: &Query) -> Response {
+    match random_bounds(query) {
         Ok((min, max)) => {
             let value = rand::random_range(min..=max);
             json_response(
@@ -187,8 +187,8 @@ fn int_param(query: &Query, name: &'static str) -> Result<Option<i64>, BadParam>
 }
 
 /// `GET /api/error[?rate=..]`: fails with probability `rate` (default 1, always).
-pub fn api_error(query: Query) -> Response {
-    match error_rate(&query) {
+pub fn api_error(query: &Query) -> Response {
+    match error_rate(query) {
         Ok(rate) if rand::random::<f64>() < rate => error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
             "simulated failure (this endpoint fails on purpose)",

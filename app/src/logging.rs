@@ -1,28 +1,34 @@
-//! JSON lines to a rotating file: `slog` -> the line rendered (slog-json) on the thread that
-//! logs -> `slog-async` -> a batching writer -> `file-rotate`.
+//! JSON lines to a rotating file: `slog` -> each record rendered as one JSON line
+//! (slog-json) on the thread that logs it -> an outbox of whole lines -> `slog-async`
+//! carries full outboxes to its writer thread -> `file-rotate`.
 //!
 //! Guarantees, and how they are kept:
 //! - **No record lost under load.** The async channel uses [`OverflowStrategy::Block`]: when
-//!   the writer falls behind, the request that logs waits instead of its line being dropped.
-//!   That is back-pressure rather than loss, and it only happens if the disk stalls, since
-//!   formatting and appending a line costs far less than serving the request. The only way a
-//!   record can still be lost is a failing write (disk full, directory removed); those are
-//!   counted in `app_log_records_dropped_total` and reported on stderr.
-//! - **No record lost at shutdown.** [`LogGuard`] joins the async worker (which drains the
-//!   channel first), then writes what is still batched.
+//!   the writer falls behind, the request that hands over a full outbox waits (and the
+//!   requests behind it wait for the outbox) instead of lines being dropped. That is
+//!   back-pressure rather than loss, and it only happens if the disk stalls. The only way a
+//!   line can still be lost is a failing write (disk full, directory removed); those lines
+//!   are counted in `app_log_records_dropped_total` and reported on stderr.
+//! - **No record lost at shutdown.** [`LogGuard`] stops the flusher, hands over what is
+//!   still in the outbox, then joins the async worker, which drains its channel first.
+//!   A record logged after that is counted as dropped, never silently discarded.
 //! - **No line split across files.** `file-rotate` uses `ContentLimit::BytesSurpassed`, which
-//!   only rotates *between* writes, and every write it gets holds whole lines. (`Bytes` would
-//!   cut a line at the exact size; `Lines` would count lines, not bytes.) A file may therefore
-//!   exceed `--log-max-bytes` by at most one batch.
+//!   only rotates *between* writes, and every write it gets is a chunk of whole lines.
+//!   (`Bytes` would cut a line at the exact size; `Lines` would count lines, not bytes.) A
+//!   file may therefore exceed `--log-max-bytes` by at most one chunk.
 //! - **Rename-based rotation**: the live file keeps its name, older ones become `.1` (newest)
 //!   to `.N`, which is what log shippers like promtail expect.
-//! - **Cheap on the request path**: lines are batched and written every [`FLUSH_INTERVAL`] or
-//!   when [`MAX_BATCH_BYTES`] accumulate, not one `write(2)` per line.
-//! - **Cheap to queue**: slog-async copies every value of a queued record into its own
-//!   allocation, so a record crosses the channel as one finished line, not ten fields.
-//! - `time` is stamped when the line is rendered, on the thread that logs. Lines from two
-//!   worker threads can reach the file microseconds out of order; Loki accepts that
-//!   (unordered writes are its default since 2.4), and Promtail takes the time from the line.
+//! - **Cheap on the request path**: a request renders its line and appends it to the
+//!   outbox, nothing more. slog-async copies every value of a record it queues into an
+//!   allocation of its own and wakes its thread; doing that for every line cost as much CPU
+//!   as rendering the line, so it is done once per chunk: when [`MAX_CHUNK_BYTES`] have
+//!   accumulated, or every [`FLUSH_INTERVAL`] for whatever has. The writer thread makes one
+//!   `write(2)` per chunk.
+//! - **In order**: lines enter the outbox under its lock and chunks are handed over under
+//!   the same lock, so the file holds lines in the order they were logged. `time` is
+//!   stamped when the line is rendered, so two worker threads can still produce lines a few
+//!   microseconds out of time order; Loki accepts that (unordered writes are its default
+//!   since 2.4), and Promtail takes the time from the line.
 
 use std::cell::RefCell;
 use std::fs::OpenOptions;
@@ -44,12 +50,13 @@ use slog_async::{Async, AsyncGuard, OverflowStrategy};
 
 /// Log files are readable by the owner and the log shipper's group, nobody else.
 pub const FILE_MODE: u32 = 0o640;
-/// How long a line may sit in the batch before it is written.
+/// How long a line may wait in the outbox before it is handed to the writer.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
-/// A batch is written as soon as it holds this much.
-pub const MAX_BATCH_BYTES: usize = 32 * 1024;
-/// Records the async channel holds before logging callers wait (see the module docs).
-const CHANNEL_RECORDS: usize = 8192;
+/// The outbox is handed to the writer as soon as it holds this much.
+pub const MAX_CHUNK_BYTES: usize = 32 * 1024;
+/// Chunks the async channel holds before logging callers wait (see the module docs): at
+/// most 2 MiB of lines queued in memory.
+const CHANNEL_CHUNKS: usize = 64;
 
 /// Where and how much to log.
 #[derive(Debug, Clone)]
@@ -75,24 +82,24 @@ pub enum LogError {
     Thread(io::Error),
 }
 
-/// Flushes every log record when dropped; keep it alive in `main` until the very end.
+/// Writes every log record when dropped; keep it alive in `main` until the very end.
 pub struct LogGuard {
-    async_guard: Option<AsyncGuard>,
-    batch: Arc<Batch>,
+    outbox: Arc<Outbox>,
     stop_flusher: Option<mpsc::Sender<()>>,
     flusher: Option<JoinHandle<()>>,
+    async_guard: Option<AsyncGuard>,
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        // Order matters: the async worker drains its channel into the batch, then the
-        // flusher stops, then the last batch is written.
-        drop(self.async_guard.take());
+        // Order matters: the flusher stops, the outbox hands over its last chunk and
+        // closes, then the async worker drains its channel into the file.
         drop(self.stop_flusher.take());
         if let Some(flusher) = self.flusher.take() {
             let _ = flusher.join();
         }
-        self.batch.write_out();
+        self.outbox.close();
+        drop(self.async_guard.take());
     }
 }
 
@@ -100,50 +107,51 @@ impl Drop for LogGuard {
 /// Records that cannot be written are counted in `dropped`.
 pub fn open(config: &LogFileConfig, dropped: IntCounter) -> Result<(Logger, LogGuard), LogError> {
     let file = open_rotating(config)?;
-    let batch = Arc::new(Batch {
-        state: Mutex::new(BatchState {
-            file,
-            pending: Vec::with_capacity(MAX_BATCH_BYTES * 2),
-            pending_records: 0,
-            failing: false,
-        }),
-        threshold: MAX_BATCH_BYTES.min(usize::try_from(config.max_bytes).unwrap_or(usize::MAX)),
+    let writer = ChunkWriter {
+        file: RefCell::new(file),
+        failing: RefCell::new(false),
         dropped: dropped.clone(),
-    });
-
-    let file_drain = LineWriter {
-        batch: batch.clone(),
     };
-    let (async_drain, async_guard) = Async::new(file_drain)
-        .chan_size(CHANNEL_RECORDS)
+    let (queue, async_guard) = Async::new(writer)
+        .chan_size(CHANNEL_CHUNKS)
         .overflow_strategy(OverflowStrategy::Block)
         .thread_name("log-writer".into())
         .build_with_guard();
+    let outbox = Arc::new(Outbox {
+        state: Mutex::new(OutboxState {
+            lines: String::with_capacity(MAX_CHUNK_BYTES * 2),
+            closed: false,
+        }),
+        threshold: MAX_CHUNK_BYTES.min(usize::try_from(config.max_bytes).unwrap_or(usize::MAX)),
+        queue,
+        no_values: o!().into(),
+        dropped: dropped.clone(),
+    });
 
     let (stop_flusher, stopped) = mpsc::channel::<()>();
-    let flusher_batch = batch.clone();
+    let flusher_outbox = outbox.clone();
     let flusher = std::thread::Builder::new()
         .name("log-flusher".into())
         .spawn(move || {
             // Wakes every interval until the guard drops the sender.
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(FLUSH_INTERVAL) {
-                flusher_batch.write_out();
+                flusher_outbox.hand_over();
             }
         })
         .map_err(LogError::Thread)?;
 
     let logger = Logger::root(
-        RenderThenQueue {
-            queue: async_drain,
+        RenderToOutbox {
+            outbox: outbox.clone(),
             dropped,
         },
         o!(),
     );
     let guard = LogGuard {
-        async_guard: Some(async_guard),
-        batch,
+        outbox,
         stop_flusher: Some(stop_flusher),
         flusher: Some(flusher),
+        async_guard: Some(async_guard),
     };
     Ok((logger, guard))
 }
@@ -196,74 +204,78 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// Whole lines waiting to be written, shared by the async worker and the flusher thread.
-struct Batch {
-    state: Mutex<BatchState>,
+/// Whole lines waiting to be handed to the writer thread, shared by every logging thread
+/// and the flusher.
+struct Outbox {
+    state: Mutex<OutboxState>,
+    /// Hand over once this many bytes are waiting.
     threshold: usize,
+    queue: Async,
+    /// A chunk carries no logger values; this is the empty list it is queued with.
+    no_values: OwnedKVList,
     dropped: IntCounter,
 }
 
-struct BatchState {
-    file: FileRotate<AppendCount>,
-    pending: Vec<u8>,
-    pending_records: u64,
-    /// Whether the last write failed, so stderr hears about a failure once, not per batch.
-    failing: bool,
+struct OutboxState {
+    /// Whole lines, each ending in `\n`.
+    lines: String,
+    /// Set by the guard; the writer is gone, so later lines can only be counted.
+    closed: bool,
 }
 
-impl Batch {
-    fn lock(&self) -> MutexGuard<'_, BatchState> {
-        // A panic while holding the lock leaves plain bytes behind, still safe to use.
+/// The key of the one value a queued chunk carries: its lines.
+const CHUNK_KEY: &str = "chunk";
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // A panic while holding the lock leaves whole lines behind, still safe to use.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends one complete line; writes the batch once it is big enough.
-    fn push_line(&self, line: &[u8]) {
+    /// Adds one complete line; hands the outbox over once it is big enough.
+    fn push_line(&self, line: &str) {
         let mut state = self.lock();
-        state.pending.extend_from_slice(line);
-        state.pending_records += 1;
-        if state.pending.len() >= self.threshold {
-            self.write_locked(&mut state);
+        if state.closed {
+            self.dropped.inc();
+            return;
+        }
+        state.lines.push_str(line);
+        if state.lines.len() >= self.threshold {
+            self.hand_over_locked(&mut state);
         }
     }
 
-    fn write_out(&self) {
+    /// Hands whatever is waiting to the writer (the flusher calls this).
+    fn hand_over(&self) {
         let mut state = self.lock();
-        if !state.pending.is_empty() {
-            self.write_locked(&mut state);
-        }
+        self.hand_over_locked(&mut state);
     }
 
-    fn write_locked(&self, state: &mut BatchState) {
-        let BatchState {
-            file,
-            pending,
-            pending_records,
-            failing,
-        } = state;
-        // One write per batch of whole lines: file-rotate only rotates between writes.
-        let result = file.write_all(pending).and_then(|()| file.flush());
-        match result {
-            Ok(()) => {
-                if *failing {
-                    eprintln!("demo-app: writing the log file works again");
-                }
-                *failing = false;
-            }
-            Err(error) => {
-                self.dropped.inc_by(*pending_records);
-                if !*failing {
-                    eprintln!(
-                        "demo-app: cannot write the log file ({error}); lines are being dropped and counted in app_log_records_dropped_total"
-                    );
-                }
-                *failing = true;
-            }
+    /// Hands over the last lines and refuses (and counts) any that come later.
+    fn close(&self) {
+        let mut state = self.lock();
+        self.hand_over_locked(&mut state);
+        state.closed = true;
+    }
+
+    /// Queues the waiting lines as one record. Called with the lock held, so chunks reach
+    /// the writer in the order their lines were logged.
+    fn hand_over_locked(&self, state: &mut OutboxState) {
+        if state.lines.is_empty() {
+            return;
         }
-        pending.clear();
-        *pending_records = 0;
+        let statics = slog::record_static!(slog::Level::Info, "");
+        let kv = slog::SingleKV::from((CHUNK_KEY, state.lines.as_str()));
+        let queued = self.queue.log(
+            &Record::new(&statics, &format_args!(""), slog::BorrowedKV(&kv)),
+            &self.no_values,
+        );
+        if queued.is_err() {
+            self.dropped.inc_by(line_count(&state.lines));
+        }
+        state.lines.clear();
     }
 }
 
@@ -285,11 +297,7 @@ impl Renderer {
         let json = slog_json::Json::new(SharedLine(line.clone()))
             .set_newlines(true)
             .add_key_value(o!(
-                "time" => FnValue(|_: &Record| {
-                    time::OffsetDateTime::now_utc()
-                        .format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                }),
+                "time" => PushFnValue(|_: &Record, ser| ser.emit(now_rfc3339().as_str())),
                 "level" => FnValue(|record: &Record| record.level().as_str()),
                 "msg" => PushFnValue(|record: &Record, ser| ser.emit(record.msg())),
             ))
@@ -312,6 +320,38 @@ impl Renderer {
     }
 }
 
+/// The current UTC time in RFC 3339, formatted into a buffer on the stack rather than a new
+/// `String` for every line.
+fn now_rfc3339() -> Rfc3339Text {
+    let mut text = Rfc3339Text {
+        buffer: [0; Rfc3339Text::CAPACITY],
+        len: 0,
+    };
+    let mut out = &mut text.buffer[..];
+    if time::OffsetDateTime::now_utc()
+        .format_into(&mut out, &time::format_description::well_known::Rfc3339)
+        .is_ok()
+    {
+        text.len = Rfc3339Text::CAPACITY - out.len();
+    }
+    text
+}
+
+struct Rfc3339Text {
+    buffer: [u8; Rfc3339Text::CAPACITY],
+    len: usize,
+}
+
+impl Rfc3339Text {
+    /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` is 30 bytes.
+    const CAPACITY: usize = 40;
+
+    fn as_str(&self) -> &str {
+        // The formatter writes ASCII only; an empty time is better than no line.
+        std::str::from_utf8(&self.buffer[..self.len]).unwrap_or("")
+    }
+}
+
 /// The renderer's output: a handle on the thread's line buffer.
 struct SharedLine(Rc<RefCell<Vec<u8>>>);
 
@@ -326,73 +366,80 @@ impl Write for SharedLine {
     }
 }
 
-/// The key of the one value a queued record carries: its finished line.
-const LINE_KEY: &str = "line";
-
-/// The root drain: renders the record on the thread that logs it, then queues the finished
-/// line through slog-async. slog-async copies every value of a record it queues into an
-/// allocation of its own; a rendered line is one value instead of one per field, which
-/// halved logging's share of the CPU per request in the benchmark. Records that cannot be
-/// rendered, or queued once the writer is gone (after shutdown), are counted as dropped.
-struct RenderThenQueue {
-    queue: Async,
+/// The root drain: renders the record on the thread that logs it and appends the line to
+/// the outbox. A record that cannot be rendered is counted as dropped.
+struct RenderToOutbox {
+    outbox: Arc<Outbox>,
     dropped: IntCounter,
 }
 
-impl Drain for RenderThenQueue {
+impl Drain for RenderToOutbox {
     type Ok = ();
     type Err = slog::Never;
 
     fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
-        let queued = RENDERER.with(|renderer| {
-            renderer.render(record, values, |line| {
-                let statics = slog::RecordStatic {
-                    location: record.location(),
-                    tag: record.tag(),
-                    level: record.level(),
-                };
-                let kv = slog::SingleKV::from((LINE_KEY, line));
-                // The logger's values are in the line already; passing them on only costs
-                // slog-async a reference count.
-                self.queue
-                    .log(
-                        &Record::new(&statics, &format_args!(""), slog::BorrowedKV(&kv)),
-                        values,
-                    )
-                    .is_ok()
-            })
-        });
-        if queued != Some(true) {
+        let rendered = RENDERER
+            .with(|renderer| renderer.render(record, values, |line| self.outbox.push_line(line)));
+        if rendered.is_none() {
             self.dropped.inc();
         }
         Ok(())
     }
 }
 
-/// The writer thread's drain: appends each queued line to the batch.
-struct LineWriter {
-    batch: Arc<Batch>,
+/// The writer thread's drain: one write of whole lines per chunk. Only slog-async's worker
+/// thread calls it, hence `RefCell`.
+struct ChunkWriter {
+    file: RefCell<FileRotate<AppendCount>>,
+    /// Whether the last write failed, so stderr hears about a failure once, not per chunk.
+    failing: RefCell<bool>,
+    dropped: IntCounter,
 }
 
-impl Drain for LineWriter {
+impl ChunkWriter {
+    fn write(&self, chunk: &str) {
+        let mut file = self.file.borrow_mut();
+        // One write per chunk of whole lines: file-rotate only rotates between writes.
+        let result = file.write_all(chunk.as_bytes()).and_then(|()| file.flush());
+        let mut failing = self.failing.borrow_mut();
+        match result {
+            Ok(()) => {
+                if *failing {
+                    eprintln!("demo-app: writing the log file works again");
+                }
+                *failing = false;
+            }
+            Err(error) => {
+                self.dropped.inc_by(line_count(chunk));
+                if !*failing {
+                    eprintln!(
+                        "demo-app: cannot write the log file ({error}); lines are being dropped and counted in app_log_records_dropped_total"
+                    );
+                }
+                *failing = true;
+            }
+        }
+    }
+}
+
+impl Drain for ChunkWriter {
     type Ok = ();
     type Err = slog::Never;
 
     fn log(&self, record: &Record, _: &OwnedKVList) -> Result<(), slog::Never> {
-        let mut take = TakeLine(&self.batch);
-        // TakeLine never fails.
-        let _ = record.kv().serialize(record, &mut take);
+        // WriteChunk never fails.
+        let _ = record.kv().serialize(record, &mut WriteChunk(self));
         Ok(())
     }
 }
 
-/// Pushes the value of [`LINE_KEY`] to the batch; a rendered line is whole and ends in `\n`.
-struct TakeLine<'a>(&'a Batch);
+/// Hands the value of [`CHUNK_KEY`] to the writer.
+struct WriteChunk<'a>(&'a ChunkWriter);
 
-impl slog::Serializer for TakeLine<'_> {
-    fn emit_str(&mut self, key: slog::Key, line: &str) -> slog::Result {
-        if key == LINE_KEY {
-            self.0.push_line(line.as_bytes());
+impl slog::Serializer for WriteChunk<'_> {
+    fn emit_str(&mut self, key: slog::Key, chunk: &str) -> slog::Result {
+        if key == CHUNK_KEY {
+            self.0.write(chunk);
         }
         Ok(())
     }
@@ -400,6 +447,12 @@ impl slog::Serializer for TakeLine<'_> {
     fn emit_arguments(&mut self, _: slog::Key, _: &std::fmt::Arguments) -> slog::Result {
         Ok(())
     }
+}
+
+/// How many lines a chunk holds: every rendered line ends in the one `\n` it contains
+/// (slog-json escapes newlines inside values).
+fn line_count(chunk: &str) -> u64 {
+    chunk.bytes().filter(|&byte| byte == b'\n').count() as u64
 }
 
 #[cfg(test)]
@@ -480,6 +533,47 @@ mod tests {
             .collect();
         assert_eq!(numbers, [1, 3]);
         assert_eq!(dropped.get(), 1);
+    }
+
+    #[test]
+    fn waiting_lines_are_written_without_the_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1 << 20, 2);
+        let (logger, _guard) = open(&config, IntCounter::new("d", "d").unwrap()).unwrap();
+        info!(logger, "first");
+        // Far fewer than MAX_CHUNK_BYTES, so only the flusher can hand this line over.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut text = String::new();
+        while std::time::Instant::now() < deadline {
+            text = std::fs::read_to_string(&config.path).unwrap();
+            if !text.is_empty() {
+                break;
+            }
+            std::thread::sleep(FLUSH_INTERVAL / 5);
+        }
+        assert!(text.contains(r#""msg":"first""#), "{text:?}");
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn a_line_logged_after_the_guard_is_counted_not_lost_silently() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path(), 1 << 20, 2);
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let (logger, guard) = open(&config, dropped.clone()).unwrap();
+        info!(logger, "before");
+        drop(guard);
+        info!(logger, "after");
+        let text = std::fs::read_to_string(&config.path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(r#""msg":"before""#));
+        assert_eq!(dropped.get(), 1);
+    }
+
+    #[test]
+    fn line_count_counts_rendered_lines() {
+        assert_eq!(line_count(""), 0);
+        assert_eq!(line_count("{\"a\":\"x\\ny\"}\n{}\n"), 2);
     }
 
     #[test]
