@@ -106,11 +106,15 @@ pub fn run(duration: &str, rounds: usize) -> anyhow::Result<()> {
         );
     }
     // The spread says how far one round can be trusted on this machine.
-    let per_round: Vec<String> = (0..rounds)
+    let per_round: Vec<f64> = (0..rounds)
         .filter_map(|round| results.round_ratio(round, 64))
-        .map(|ratio| format!("{ratio:.3}"))
         .collect();
-    println!("ratio at c=64 per round: {}", per_round.join(" "));
+    let listed: Vec<String> = per_round.iter().map(|r| format!("{r:.3}")).collect();
+    println!(
+        "ratio at c=64 per round: {} (median {:.3})",
+        listed.join(" "),
+        median(&per_round).unwrap_or(f64::NAN)
+    );
     println!("peak RSS (VmHWM): demo-app {app_rss:.1} MB, bare {bare_rss:.1} MB");
     println!(
         "demo-app wrote {:.1} MB of JSON log lines",
@@ -408,6 +412,19 @@ impl Results {
     }
 }
 
+/// The middle value (the mean of the two middle ones for an even count); robust to the odd
+/// round that a noisy neighbour spoils.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some((sorted[mid - 1] + sorted[mid]) / 2.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +450,13 @@ mod tests {
         assert_eq!(results.round_ratio(1, 10), None, "no bare run at c=10");
         assert_eq!(results.mean(true, 64).requests_per_sec, 130.0);
         assert_eq!(results.mean(false, 64).requests_per_sec, 150.0);
+    }
+
+    #[test]
+    fn the_median_ignores_one_outlying_round() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[0.9]), Some(0.9));
+        assert_eq!(median(&[0.9, 0.5, 1.4]), Some(0.9));
+        assert_eq!(median(&[1.0, 0.5, 0.25, 0.75]), Some(0.625));
     }
 }
