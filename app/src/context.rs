@@ -35,7 +35,7 @@ impl AppContext {
     }
 
     /// A new id, unique within this process and very likely across restarts.
-    pub fn next_request_id(&self) -> String {
+    pub fn next_request_id(&self) -> RequestId {
         self.request_ids.next()
     }
 }
@@ -59,16 +59,32 @@ impl RequestIds {
         }
     }
 
-    fn next(&self) -> String {
+    fn next(&self) -> RequestId {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff_ffff;
         let id = (u128::from(self.prefix) << 48) | u128::from(n);
-        // By hand rather than `format!`: this runs for every request, and the formatting
-        // machinery showed up in the benchmark's profile.
-        (0..20)
-            .rev()
-            .map(|digit| char::from(HEX[((id >> (digit * 4)) & 0xf) as usize]))
-            .collect()
+        // By hand into a stack buffer rather than `format!` into a `String`: this runs for
+        // every request, and both the formatting machinery and the allocation showed up in
+        // the benchmark's profile.
+        let mut digits = [0u8; RequestId::LEN];
+        for (i, digit) in digits.iter_mut().enumerate() {
+            let shift = (RequestId::LEN - 1 - i) * 4;
+            *digit = HEX[((id >> shift) & 0xf) as usize];
+        }
+        RequestId(digits)
+    }
+}
+
+/// A request id: 20 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId([u8; RequestId::LEN]);
+
+impl RequestId {
+    pub const LEN: usize = 20;
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or("")
     }
 }
 
@@ -79,8 +95,8 @@ mod tests {
     #[test]
     fn request_ids_are_unique_hex() {
         let ids = RequestIds::new();
-        let a = ids.next();
-        let b = ids.next();
+        let (a, b) = (ids.next(), ids.next());
+        let (a, b) = (a.as_str(), b.as_str());
         assert_ne!(a, b);
         assert_eq!(a.len(), 20);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));

@@ -60,7 +60,7 @@ impl RequestScope {
 
         let request_id = ctx.next_request_id();
         info!(ctx.logger, "request";
-            "request_id" => &request_id,
+            "request_id" => request_id.as_str(),
             "peer" => PeerText::new(self.peer).as_str(),
             "duration_ms" => elapsed.as_secs_f64() * 1000.0,
             "status" => status.as_u16(),
@@ -70,7 +70,7 @@ impl RequestScope {
         );
 
         let headers = response.headers_mut();
-        if let Ok(value) = HeaderValue::try_from(request_id) {
+        if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
             headers.insert(REQUEST_ID_HEADER, value);
         }
         if status == StatusCode::METHOD_NOT_ALLOWED && endpoint != Endpoint::Unmatched {
