@@ -6,10 +6,16 @@
 
 pub mod http;
 
+// The same list of cargo's per-crate variables as xtask's `cmd::cargo` (see the file).
+#[path = "../../xtask/src/cargo_env.rs"]
+mod cargo_env;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use cargo_env::is_set_by_cargo_for_a_crate;
 
 /// Returns the full path of `tool`, or panics with a message saying how to install it.
 ///
@@ -156,22 +162,6 @@ pub fn workspace_root() -> PathBuf {
     here.parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| here.to_path_buf())
-}
-
-/// The variables cargo sets for a crate it builds or runs, not the user's cargo settings.
-/// The same list as xtask's `cmd::cargo` (xtask cannot use this dev-only crate).
-fn is_set_by_cargo_for_a_crate(name: &str) -> bool {
-    const EXACT: [&str; 8] = [
-        "CARGO_MANIFEST_DIR",
-        "CARGO_MANIFEST_PATH",
-        "CARGO_MANIFEST_LINKS",
-        "CARGO_CRATE_NAME",
-        "CARGO_BIN_NAME",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-    ];
-    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
 
 /// Builds (if needed) the debug binary `bin` of workspace package `package` and returns its

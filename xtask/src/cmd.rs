@@ -3,6 +3,8 @@
 
 use anyhow::Context;
 
+use crate::cargo_env::is_set_by_cargo_for_a_crate;
+
 /// Builds a duct expression for `program args...`.
 pub fn cmd<I, S>(program: &str, args: I) -> duct::Expression
 where
@@ -28,21 +30,6 @@ where
         .fold(duct::cmd(program, args), |expression, name| {
             expression.env_remove(name)
         })
-}
-
-/// The variables cargo sets for a crate it builds or runs (not the user's cargo settings).
-fn is_set_by_cargo_for_a_crate(name: &str) -> bool {
-    const EXACT: [&str; 8] = [
-        "CARGO_MANIFEST_DIR",
-        "CARGO_MANIFEST_PATH",
-        "CARGO_MANIFEST_LINKS",
-        "CARGO_CRATE_NAME",
-        "CARGO_BIN_NAME",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-    ];
-    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
 
 /// Extension methods that log an expression and name it in errors.
@@ -74,28 +61,4 @@ pub fn require_tool(tool: &str, install_hint: &str) -> anyhow::Result<std::path:
         .map(|dir| dir.join(tool))
         .find(|candidate| candidate.is_file())
         .with_context(|| format!("`{tool}` is not on PATH: {install_hint}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_crates_own_cargo_variables_are_dropped() {
-        for name in [
-            "CARGO_MANIFEST_DIR",
-            "CARGO_PKG_NAME",
-            "CARGO_BIN_EXE_xtask",
-        ] {
-            assert!(is_set_by_cargo_for_a_crate(name), "{name}");
-        }
-        for name in [
-            "CARGO_HOME",
-            "CARGO_TARGET_DIR",
-            "CARGO_PROFILE_RELEASE_LTO",
-            "PATH",
-        ] {
-            assert!(!is_set_by_cargo_for_a_crate(name), "{name}");
-        }
-    }
 }

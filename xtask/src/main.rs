@@ -4,6 +4,7 @@
 mod ami;
 mod bake;
 mod bench;
+mod cargo_env;
 mod cli;
 mod cmd;
 mod deploy;
