@@ -3,7 +3,7 @@
 //! `x-request-id` header and the request's log line.
 
 use std::fmt::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
 use prometheus::IntGauge;
@@ -15,6 +15,7 @@ use warp::reply::Response;
 
 use crate::context::AppContext;
 use crate::labels::{Endpoint, MethodLabel};
+use crate::stack_text::StackText;
 
 /// The response header carrying the request's id, also logged as `request_id`.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -61,7 +62,7 @@ impl RequestScope {
         let request_id = ctx.next_request_id();
         info!(ctx.logger, "request";
             "request_id" => request_id.as_str(),
-            "peer" => PeerText::new(self.peer).as_str(),
+            "peer" => peer_text(self.peer).as_str(),
             "duration_ms" => elapsed.as_secs_f64() * 1000.0,
             "status" => status.as_u16(),
             "route" => endpoint.label(),
@@ -98,71 +99,38 @@ impl Drop for InFlight {
     }
 }
 
-/// The client's address as `ip:port`, or `-` when the transport has none, written into a
-/// buffer on the stack. `SocketAddr`'s `Display` goes through the formatting machinery (it
-/// supports width and padding) and was a visible share of the benchmark's profile.
-struct PeerText {
-    buffer: [u8; PeerText::CAPACITY],
-    len: usize,
+/// Room for the longest `SocketAddrV6` text: `[`, 39 characters of address, `%`, a 10-digit
+/// scope id, `]:` and a 5-digit port (58 in all).
+const PEER_CAPACITY: usize = 64;
+
+/// The client's address as `ip:port`, or `-` when the transport has none. IPv4 is written
+/// by hand: `SocketAddr`'s `Display` goes through the formatting machinery (it supports
+/// width and padding) and was a visible share of the benchmark's profile.
+fn peer_text(peer: Option<SocketAddr>) -> StackText<PEER_CAPACITY> {
+    let mut text = StackText::new();
+    let written = match peer {
+        None => text.write_str("-"),
+        Some(SocketAddr::V4(addr)) => write_v4(&mut text, addr),
+        // Rare behind a load balancer; the standard formatting is fine here.
+        Some(addr) => write!(text, "{addr}"),
+    };
+    if written.is_err() {
+        text.clear();
+        let _ = text.write_str("-");
+    }
+    text
 }
 
-impl PeerText {
-    /// Room for the longest `SocketAddrV6` text: `[`, 39 characters of address, `%`, a
-    /// 10-digit scope id, `]:` and a 5-digit port (58 in all).
-    const CAPACITY: usize = 64;
-
-    fn new(peer: Option<SocketAddr>) -> PeerText {
-        let mut text = PeerText {
-            buffer: [0; Self::CAPACITY],
-            len: 0,
-        };
-        match peer {
-            None => text.push("-"),
-            Some(SocketAddr::V4(addr)) => {
-                let mut digits = itoa::Buffer::new();
-                for (i, octet) in addr.ip().octets().into_iter().enumerate() {
-                    if i > 0 {
-                        text.push(".");
-                    }
-                    text.push(digits.format(octet));
-                }
-                text.push(":");
-                text.push(digits.format(addr.port()));
-            }
-            // Rare behind a load balancer; the standard formatting is fine here.
-            Some(addr @ SocketAddr::V6(_)) => {
-                if write!(text, "{addr}").is_err() {
-                    text.len = 0;
-                    text.push("-");
-                }
-            }
+fn write_v4(text: &mut impl fmt::Write, addr: SocketAddrV4) -> fmt::Result {
+    let mut digits = itoa::Buffer::new();
+    for (i, octet) in addr.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            text.write_char('.')?;
         }
-        text
+        text.write_str(digits.format(octet))?;
     }
-
-    /// Appends `part` if it fits; an IPv4 peer always does, and `write_str` checks first.
-    fn push(&mut self, part: &str) {
-        let end = self.len + part.len();
-        if let Some(slot) = self.buffer.get_mut(self.len..end) {
-            slot.copy_from_slice(part.as_bytes());
-            self.len = end;
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        // Only whole `&str`s are ever copied in, so this cannot fail.
-        std::str::from_utf8(&self.buffer[..self.len]).unwrap_or("-")
-    }
-}
-
-impl fmt::Write for PeerText {
-    fn write_str(&mut self, part: &str) -> fmt::Result {
-        if self.len + part.len() > Self::CAPACITY {
-            return Err(fmt::Error);
-        }
-        self.push(part);
-        Ok(())
-    }
+    text.write_char(':')?;
+    text.write_str(digits.format(addr.port()))
 }
 
 #[cfg(test)]
@@ -181,8 +149,8 @@ mod tests {
             "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535",
         ] {
             let parsed: SocketAddr = addr.parse().unwrap();
-            assert_eq!(PeerText::new(Some(parsed)).as_str(), parsed.to_string());
+            assert_eq!(peer_text(Some(parsed)).as_str(), parsed.to_string());
         }
-        assert_eq!(PeerText::new(None).as_str(), "-");
+        assert_eq!(peer_text(None).as_str(), "-");
     }
 }

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod routes;
 pub mod shutdown;
+pub mod stack_text;
 
 use std::future::Future;
 

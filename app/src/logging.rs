@@ -30,7 +30,7 @@
 //!   microseconds out of time order; Loki accepts that (unordered writes are its default
 //!   since 2.4), and Promtail takes the time from the line.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -47,6 +47,8 @@ use file_rotate::{ContentLimit, FileRotate};
 use prometheus::IntCounter;
 use slog::{o, Drain, FnValue, Logger, OwnedKVList, PushFnValue, Record, KV};
 use slog_async::{Async, AsyncGuard, OverflowStrategy};
+
+use crate::stack_text::StackText;
 
 /// Log files are readable by the owner and the log shipper's group, nobody else.
 pub const FILE_MODE: u32 = 0o640;
@@ -109,7 +111,7 @@ pub fn open(config: &LogFileConfig, dropped: IntCounter) -> Result<(Logger, LogG
     let file = open_rotating(config)?;
     let writer = ChunkWriter {
         file: RefCell::new(file),
-        failing: RefCell::new(false),
+        failing: Cell::new(false),
         dropped: dropped.clone(),
     };
     let (queue, async_guard) = Async::new(writer)
@@ -320,36 +322,19 @@ impl Renderer {
     }
 }
 
-/// The current UTC time in RFC 3339, formatted into a buffer on the stack rather than a new
-/// `String` for every line.
-fn now_rfc3339() -> Rfc3339Text {
-    let mut text = Rfc3339Text {
-        buffer: [0; Rfc3339Text::CAPACITY],
-        len: 0,
-    };
-    let mut out = &mut text.buffer[..];
-    if time::OffsetDateTime::now_utc()
-        .format_into(&mut out, &time::format_description::well_known::Rfc3339)
-        .is_ok()
-    {
-        text.len = Rfc3339Text::CAPACITY - out.len();
+/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` is 30 bytes.
+const RFC3339_CAPACITY: usize = 40;
+
+/// The current UTC time in RFC 3339, formatted on the stack rather than into a new `String`
+/// for every line; empty if it cannot be formatted (an empty time is better than no line).
+fn now_rfc3339() -> StackText<RFC3339_CAPACITY> {
+    let mut text = StackText::new();
+    let formatted = time::OffsetDateTime::now_utc()
+        .format_into(&mut text, &time::format_description::well_known::Rfc3339);
+    if formatted.is_err() {
+        text.clear();
     }
     text
-}
-
-struct Rfc3339Text {
-    buffer: [u8; Rfc3339Text::CAPACITY],
-    len: usize,
-}
-
-impl Rfc3339Text {
-    /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` is 30 bytes.
-    const CAPACITY: usize = 40;
-
-    fn as_str(&self) -> &str {
-        // The formatter writes ASCII only; an empty time is better than no line.
-        std::str::from_utf8(&self.buffer[..self.len]).unwrap_or("")
-    }
 }
 
 /// The renderer's output: a handle on the thread's line buffer.
@@ -393,11 +378,11 @@ impl Drain for RenderToOutbox {
 }
 
 /// The writer thread's drain: one write of whole lines per chunk. Only slog-async's worker
-/// thread calls it, hence `RefCell`.
+/// thread calls it, hence `RefCell` and `Cell`.
 struct ChunkWriter {
     file: RefCell<FileRotate<AppendCount>>,
     /// Whether the last write failed, so stderr hears about a failure once, not per chunk.
-    failing: RefCell<bool>,
+    failing: Cell<bool>,
     dropped: IntCounter,
 }
 
@@ -406,22 +391,18 @@ impl ChunkWriter {
         let mut file = self.file.borrow_mut();
         // One write per chunk of whole lines: file-rotate only rotates between writes.
         let result = file.write_all(chunk.as_bytes()).and_then(|()| file.flush());
-        let mut failing = self.failing.borrow_mut();
         match result {
-            Ok(()) => {
-                if *failing {
-                    eprintln!("demo-app: writing the log file works again");
-                }
-                *failing = false;
+            Ok(()) if self.failing.replace(false) => {
+                eprintln!("demo-app: writing the log file works again");
             }
+            Ok(()) => {}
             Err(error) => {
                 self.dropped.inc_by(line_count(chunk));
-                if !*failing {
+                if !self.failing.replace(true) {
                     eprintln!(
                         "demo-app: cannot write the log file ({error}); lines are being dropped and counted in app_log_records_dropped_total"
                     );
                 }
-                *failing = true;
             }
         }
     }
@@ -473,12 +454,30 @@ mod tests {
         }
     }
 
+    /// A log in `dir` (1 MiB files, 2 kept) and the counter of what it dropped.
+    fn open_in(dir: &Path) -> (LogFileConfig, IntCounter, Logger, LogGuard) {
+        let config = config(dir, 1 << 20, 2);
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let (logger, guard) = open(&config, dropped.clone()).unwrap();
+        (config, dropped, logger, guard)
+    }
+
+    /// The `i` field of each JSON line, in order.
+    fn numbers<L: AsRef<str>>(lines: impl IntoIterator<Item = L>) -> Vec<i64> {
+        lines
+            .into_iter()
+            .map(|line| {
+                serde_json::from_str::<serde_json::Value>(line.as_ref()).unwrap()["i"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
     #[test]
     fn lines_are_json_and_flushed_by_the_guard() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), 1 << 20, 2);
-        let dropped = IntCounter::new("d", "d").unwrap();
-        let (logger, guard) = open(&config, dropped.clone()).unwrap();
+        let (config, dropped, logger, guard) = open_in(dir.path());
         for i in 0..100 {
             info!(logger, "hello"; "i" => i);
         }
@@ -519,32 +518,21 @@ mod tests {
     #[test]
     fn a_record_that_cannot_be_rendered_is_counted_and_leaves_no_partial_line() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), 1 << 20, 2);
-        let dropped = IntCounter::new("d", "d").unwrap();
-        let (logger, guard) = open(&config, dropped.clone()).unwrap();
+        let (config, dropped, logger, guard) = open_in(dir.path());
         info!(logger, "before"; "i" => 1);
         info!(logger, "broken"; "i" => 2, "bad" => Unserialisable);
         info!(logger, "after"; "i" => 3);
         drop(logger);
         drop(guard);
         let text = std::fs::read_to_string(&config.path).unwrap();
-        let numbers: Vec<i64> = text
-            .lines()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["i"]
-                    .as_i64()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(numbers, [1, 3]);
+        assert_eq!(numbers(text.lines()), [1, 3]);
         assert_eq!(dropped.get(), 1);
     }
 
     #[test]
     fn waiting_lines_are_written_without_the_guard() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), 1 << 20, 2);
-        let (logger, _guard) = open(&config, IntCounter::new("d", "d").unwrap()).unwrap();
+        let (config, _, logger, _guard) = open_in(dir.path());
         info!(logger, "first");
         // Far fewer than MAX_CHUNK_BYTES, so only the flusher can hand this line over.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -563,9 +551,7 @@ mod tests {
     #[test]
     fn a_line_logged_after_the_guard_is_counted_not_lost_silently() {
         let dir = tempfile::tempdir().unwrap();
-        let config = config(dir.path(), 1 << 20, 2);
-        let dropped = IntCounter::new("d", "d").unwrap();
-        let (logger, guard) = open(&config, dropped.clone()).unwrap();
+        let (config, dropped, logger, guard) = open_in(dir.path());
         info!(logger, "before");
         drop(guard);
         info!(logger, "after");
@@ -605,15 +591,7 @@ mod tests {
                 .lines()
                 .map(str::to_owned),
         );
-        let numbers: Vec<i64> = seen
-            .iter()
-            .map(|l| {
-                serde_json::from_str::<serde_json::Value>(l).unwrap()["i"]
-                    .as_i64()
-                    .unwrap()
-            })
-            .collect();
-        assert_eq!(numbers, (0..200).collect::<Vec<_>>());
+        assert_eq!(numbers(&seen), (0..200).collect::<Vec<_>>());
         assert!(
             config.path.with_file_name("app.log.5").exists(),
             "rotated at least 5 times"
