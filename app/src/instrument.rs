@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use prometheus::IntGauge;
 use slog::info;
-use warp::http::header::{HeaderValue, ALLOW};
-use warp::http::{Method, StatusCode};
+use warp::http::header::HeaderValue;
+use warp::http::Method;
 use warp::path::FullPath;
 use warp::reply::Response;
 
@@ -70,13 +70,8 @@ impl RequestScope {
             "method" => self.method.as_str(),
         );
 
-        let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
-            headers.insert(REQUEST_ID_HEADER, value);
-        }
-        if status == StatusCode::METHOD_NOT_ALLOWED && endpoint != Endpoint::Unmatched {
-            // Every route answers GET only.
-            headers.insert(ALLOW, HeaderValue::from_static("GET"));
+            response.headers_mut().insert(REQUEST_ID_HEADER, value);
         }
         response
     }

@@ -12,6 +12,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
+use warp::http::header::{HeaderValue, ALLOW};
 use warp::http::{Method, StatusCode};
 use warp::path::FullPath;
 use warp::reply::Response;
@@ -55,10 +56,7 @@ async fn respond(
         (Endpoint::Unmatched, _) => {
             handlers::error_response(StatusCode::NOT_FOUND, "no such endpoint; GET / lists them")
         }
-        _ if method != Method::GET => handlers::error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed; this endpoint answers GET",
-        ),
+        _ if method != Method::GET => method_not_allowed(),
         (Endpoint::Index, _) => handlers::index(),
         (Endpoint::Health, _) => handlers::health(ctx),
         (Endpoint::Metrics, _) => handlers::metrics(ctx),
@@ -67,6 +65,19 @@ async fn respond(
         (Endpoint::ApiRandom, Some(query)) => handlers::api_random(&query),
         (Endpoint::ApiError, Some(query)) => handlers::api_error(&query),
     }
+}
+
+/// A 405 that says, as HTTP requires, which method the route does answer: every route
+/// answers GET only.
+fn method_not_allowed() -> Response {
+    let mut response = handlers::error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed; this endpoint answers GET",
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static("GET"));
+    response
 }
 
 /// The query parameters, or `None` if the query string cannot be decoded (the routes that
