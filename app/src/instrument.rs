@@ -6,19 +6,21 @@ use std::fmt::{self, Write as _};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Instant;
 
+use arrayvec::ArrayString;
 use prometheus::IntGauge;
 use slog::info;
-use warp::http::header::HeaderValue;
+use warp::http::header::{HeaderName, HeaderValue};
 use warp::http::Method;
 use warp::path::FullPath;
 use warp::reply::Response;
 
 use crate::context::AppContext;
 use crate::labels::{Endpoint, MethodLabel};
-use crate::stack_text::StackText;
 
 /// The response header carrying the request's id, also logged as `request_id`.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// The same, parsed once rather than on every response.
+const REQUEST_ID_HEADER_NAME: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
 
 /// One request between its arrival and its response: begun before the route runs, finished
 /// with the route's response.
@@ -60,8 +62,9 @@ impl RequestScope {
             .observe(method, endpoint, status.as_u16(), elapsed.as_secs_f64());
 
         let request_id = ctx.next_request_id();
+        let request_id = request_id.as_str();
         info!(ctx.logger, "request";
-            "request_id" => request_id.as_str(),
+            "request_id" => request_id,
             "peer" => peer_text(self.peer).as_str(),
             "duration_ms" => elapsed.as_secs_f64() * 1000.0,
             "status" => status.as_u16(),
@@ -70,8 +73,8 @@ impl RequestScope {
             "method" => self.method.as_str(),
         );
 
-        if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, value);
+        if let Ok(value) = HeaderValue::from_str(request_id) {
+            response.headers_mut().insert(REQUEST_ID_HEADER_NAME, value);
         }
         response
     }
@@ -98,11 +101,12 @@ impl Drop for InFlight {
 /// scope id, `]:` and a 5-digit port (58 in all).
 const PEER_CAPACITY: usize = 64;
 
-/// The client's address as `ip:port`, or `-` when the transport has none. IPv4 is written
-/// by hand: `SocketAddr`'s `Display` goes through the formatting machinery (it supports
-/// width and padding) and was a visible share of the benchmark's profile.
-fn peer_text(peer: Option<SocketAddr>) -> StackText<PEER_CAPACITY> {
-    let mut text = StackText::new();
+/// The client's address as `ip:port`, or `-` when the transport has none, on the stack
+/// rather than in a `String` per request. IPv4 is written by hand: `SocketAddr`'s `Display`
+/// goes through the formatting machinery (it supports width and padding) and was a visible
+/// share of the benchmark's profile.
+fn peer_text(peer: Option<SocketAddr>) -> ArrayString<PEER_CAPACITY> {
+    let mut text = ArrayString::new();
     let written = match peer {
         None => text.write_str("-"),
         Some(SocketAddr::V4(addr)) => write_v4(&mut text, addr),

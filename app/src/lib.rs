@@ -12,7 +12,6 @@ pub mod logging;
 pub mod metrics;
 pub mod routes;
 pub mod shutdown;
-pub mod stack_text;
 
 use std::future::Future;
 

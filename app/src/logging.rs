@@ -48,8 +48,6 @@ use prometheus::IntCounter;
 use slog::{o, Drain, FnValue, Logger, OwnedKVList, PushFnValue, Record, KV};
 use slog_async::{Async, AsyncGuard, OverflowStrategy};
 
-use crate::stack_text::StackText;
-
 /// Log files are readable by the owner and the log shipper's group, nobody else.
 pub const FILE_MODE: u32 = 0o640;
 /// How long a line may wait in the outbox before it is handed to the writer.
@@ -299,9 +297,13 @@ impl Renderer {
         let json = slog_json::Json::new(SharedLine(line.clone()))
             .set_newlines(true)
             .add_key_value(o!(
-                "time" => PushFnValue(|_: &Record, ser| ser.emit(now_rfc3339().as_str())),
+                "time" => PushFnValue(|_: &Record, ser| ser.emit(now_rfc3339(&mut [0; RFC3339_CAPACITY]))),
                 "level" => FnValue(|record: &Record| record.level().as_str()),
-                "msg" => PushFnValue(|record: &Record, ser| ser.emit(record.msg())),
+                "msg" => PushFnValue(|record: &Record, ser| match record.msg().as_str() {
+                    // A message without arguments (nearly all) skips the formatting machinery.
+                    Some(text) => ser.emit(text),
+                    None => ser.emit(record.msg()),
+                }),
             ))
             .build();
         Renderer { json, line }
@@ -325,16 +327,23 @@ impl Renderer {
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` is 30 bytes.
 const RFC3339_CAPACITY: usize = 40;
 
-/// The current UTC time in RFC 3339, formatted on the stack rather than into a new `String`
-/// for every line; empty if it cannot be formatted (an empty time is better than no line).
-fn now_rfc3339() -> StackText<RFC3339_CAPACITY> {
-    let mut text = StackText::new();
+/// The current UTC time in RFC 3339, formatted into `buffer` on the caller's stack rather
+/// than into a new `String` for every line; empty if it cannot be formatted (an empty time
+/// is better than no line, and Promtail then stamps the line itself).
+fn now_rfc3339(buffer: &mut [u8; RFC3339_CAPACITY]) -> &str {
+    let mut unused = &mut buffer[..];
     let formatted = time::OffsetDateTime::now_utc()
-        .format_into(&mut text, &time::format_description::well_known::Rfc3339);
-    if formatted.is_err() {
-        text.clear();
-    }
-    text
+        .format_into(&mut unused, &time::format_description::well_known::Rfc3339);
+    // What was written is how far the writer moved: the count `format_into` returns leaves
+    // out the fraction's digits (time 0.3.55), which would cut them off.
+    let len = match formatted {
+        Ok(_) => RFC3339_CAPACITY - unused.len(),
+        Err(_) => 0,
+    };
+    buffer
+        .get(..len)
+        .and_then(|bytes| std::str::from_utf8(bytes).ok())
+        .unwrap_or("")
 }
 
 /// The renderer's output: a handle on the thread's line buffer.
@@ -559,6 +568,18 @@ mod tests {
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains(r#""msg":"before""#));
         assert_eq!(dropped.get(), 1);
+    }
+
+    #[test]
+    fn the_time_is_now_in_rfc3339() {
+        let before = std::time::SystemTime::now();
+        let text = now_rfc3339(&mut [0; RFC3339_CAPACITY]).to_owned();
+        let after = std::time::SystemTime::now();
+        let parsed = humantime::parse_rfc3339(&text).unwrap();
+        // The text is truncated to what it shows; `before` may carry more digits.
+        let before = before - Duration::from_micros(1);
+        assert!(before <= parsed && parsed <= after, "{text}");
+        assert!(text.ends_with('Z'), "{text}");
     }
 
     #[test]
