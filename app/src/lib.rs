@@ -7,6 +7,7 @@ pub mod config;
 pub mod context;
 pub mod handlers;
 pub mod instrument;
+pub mod json_line;
 pub mod labels;
 pub mod logging;
 pub mod metrics;

@@ -1,5 +1,5 @@
 //! JSON lines to a rotating file: `slog` -> each record rendered as one JSON line
-//! (slog-json) on the thread that logs it -> an outbox of whole lines -> `slog-async`
+//! ([`json_line`]) on the thread that logs it -> an outbox of whole lines -> `slog-async`
 //! carries full outboxes to its writer thread -> `file-rotate`.
 //!
 //! Guarantees, and how they are kept:
@@ -35,7 +35,6 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -45,7 +44,9 @@ use file_rotate::compression::Compression;
 use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
 use prometheus::IntCounter;
-use slog::{o, Drain, FnValue, Logger, OwnedKVList, PushFnValue, Record, KV};
+use slog::{o, Drain, Logger, OwnedKVList, Record, KV};
+
+use crate::json_line;
 use slog_async::{Async, AsyncGuard, OverflowStrategy};
 
 /// Log files are readable by the owner and the log shipper's group, nobody else.
@@ -280,89 +281,8 @@ impl Outbox {
 }
 
 thread_local! {
-    /// Each logging thread's JSON formatter and line buffer: slog-json's drain is not `Sync`,
-    /// and one per thread needs no lock.
-    static RENDERER: Renderer = Renderer::new();
-}
-
-/// slog-json, configured for our lines, writing into a buffer this thread reuses.
-struct Renderer {
-    json: slog_json::Json<SharedLine>,
-    line: Rc<RefCell<Vec<u8>>>,
-}
-
-impl Renderer {
-    fn new() -> Renderer {
-        let line = Rc::new(RefCell::new(Vec::with_capacity(512)));
-        let json = slog_json::Json::new(SharedLine(line.clone()))
-            .set_newlines(true)
-            .add_key_value(o!(
-                "time" => PushFnValue(|_: &Record, ser| ser.emit(now_rfc3339(&mut [0; RFC3339_CAPACITY]))),
-                "level" => FnValue(|record: &Record| record.level().as_str()),
-                "msg" => PushFnValue(|record: &Record, ser| match record.msg().as_str() {
-                    // A message without arguments (nearly all) skips the formatting machinery.
-                    Some(text) => ser.emit(text),
-                    None => ser.emit(record.msg()),
-                }),
-            ))
-            .build();
-        Renderer { json, line }
-    }
-
-    /// Renders one record as a JSON line and hands it to `then`; `None` if it cannot be
-    /// rendered (a value whose serialisation fails).
-    fn render<T>(
-        &self,
-        record: &Record,
-        values: &OwnedKVList,
-        then: impl FnOnce(&str) -> T,
-    ) -> Option<T> {
-        self.line.borrow_mut().clear();
-        self.json.log(record, values).ok()?;
-        let line = self.line.borrow();
-        std::str::from_utf8(&line).ok().map(then)
-    }
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` is 30 bytes.
-const RFC3339_CAPACITY: usize = 40;
-
-/// The current UTC time in RFC 3339, formatted into `buffer` on the caller's stack rather
-/// than into a new `String` for every line; empty if it cannot be formatted (an empty time
-/// is better than no line, and Promtail then stamps the line itself).
-fn now_rfc3339(buffer: &mut [u8; RFC3339_CAPACITY]) -> &str {
-    let mut unused = &mut buffer[..];
-    let formatted = time::OffsetDateTime::now_utc()
-        .format_into(&mut unused, &time::format_description::well_known::Rfc3339);
-    // What was written is how far the writer moved: the count `format_into` returns leaves
-    // out the fraction's digits (time 0.3.55), which would cut them off.
-    let len = match formatted {
-        Ok(_) => RFC3339_CAPACITY - unused.len(),
-        Err(_) => 0,
-    };
-    buffer
-        .get(..len)
-        .and_then(|bytes| std::str::from_utf8(bytes).ok())
-        .unwrap_or("")
-}
-
-/// The renderer's output: a handle on the thread's line buffer.
-struct SharedLine(Rc<RefCell<Vec<u8>>>);
-
-impl Write for SharedLine {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut line = self.0.borrow_mut();
-        // Most writes are one quote, colon or comma: pushing the byte saves a `memcpy` call.
-        match buf {
-            [byte] => line.push(*byte),
-            _ => line.extend_from_slice(buf),
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+    /// Each logging thread's line buffer, reused from line to line.
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
 }
 
 /// The root drain: renders the record on the thread that logs it and appends the line to
@@ -377,12 +297,22 @@ impl Drain for RenderToOutbox {
     type Err = slog::Never;
 
     fn log(&self, record: &Record, values: &OwnedKVList) -> Result<(), slog::Never> {
-        let rendered = RENDERER
-            .with(|renderer| renderer.render(record, values, |line| self.outbox.push_line(line)));
-        if rendered.is_none() {
-            self.dropped.inc();
-        }
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => self.render_and_push(record, values, &mut line),
+            // A value whose rendering logs a line of its own: that line gets its own buffer.
+            Err(_) => self.render_and_push(record, values, &mut String::new()),
+        });
         Ok(())
+    }
+}
+
+impl RenderToOutbox {
+    fn render_and_push(&self, record: &Record, values: &OwnedKVList, line: &mut String) {
+        line.clear();
+        match json_line::render(record, values, line) {
+            Ok(()) => self.outbox.push_line(line),
+            Err(_) => self.dropped.inc(),
+        }
     }
 }
 
@@ -445,7 +375,7 @@ impl slog::Serializer for WriteChunk<'_> {
 }
 
 /// How many lines a chunk holds: every rendered line ends in the one `\n` it contains
-/// (slog-json escapes newlines inside values).
+/// ([`json_line`] escapes newlines inside values).
 fn line_count(chunk: &str) -> u64 {
     chunk.bytes().filter(|&byte| byte == b'\n').count() as u64
 }
@@ -538,6 +468,34 @@ mod tests {
         assert_eq!(dropped.get(), 1);
     }
 
+    /// A value that logs a line of its own while it is being rendered.
+    struct LogsWhileRendered(Logger);
+
+    impl slog::Value for LogsWhileRendered {
+        fn serialize(
+            &self,
+            _: &Record,
+            key: slog::Key,
+            serializer: &mut dyn slog::Serializer,
+        ) -> slog::Result {
+            info!(self.0, "inner"; "i" => 1);
+            serializer.emit_str(key, "rendered")
+        }
+    }
+
+    #[test]
+    fn a_value_that_logs_while_rendered_gets_both_lines_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, dropped, logger, guard) = open_in(dir.path());
+        info!(logger, "outer"; "i" => 2, "value" => LogsWhileRendered(logger.clone()));
+        drop(logger);
+        drop(guard);
+        let text = std::fs::read_to_string(&config.path).unwrap();
+        assert_eq!(numbers(text.lines()), [1, 2]);
+        assert!(text.contains(r#""value":"rendered""#), "{text}");
+        assert_eq!(dropped.get(), 0);
+    }
+
     #[test]
     fn waiting_lines_are_written_without_the_guard() {
         let dir = tempfile::tempdir().unwrap();
@@ -568,18 +526,6 @@ mod tests {
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains(r#""msg":"before""#));
         assert_eq!(dropped.get(), 1);
-    }
-
-    #[test]
-    fn the_time_is_now_in_rfc3339() {
-        let before = std::time::SystemTime::now();
-        let text = now_rfc3339(&mut [0; RFC3339_CAPACITY]).to_owned();
-        let after = std::time::SystemTime::now();
-        let parsed = humantime::parse_rfc3339(&text).unwrap();
-        // The text is truncated to what it shows; `before` may carry more digits.
-        let before = before - Duration::from_micros(1);
-        assert!(before <= parsed && parsed <= after, "{text}");
-        assert!(text.ends_with('Z'), "{text}");
     }
 
     #[test]
