@@ -89,9 +89,10 @@ impl Object<'_> {
         self.field_raw(key, itoa::Buffer::new().format(value));
     }
 
-    fn field_float(&mut self, key: &str, value: f64) {
+    /// `f32`s are written as `f32`s (`0.1`, not `0.10000000149011612`), as serde_json does.
+    fn field_float<F: zmij::Float>(&mut self, key: &str, value: F, finite: bool) {
         // As serde_json does: JSON has no NaN or infinity.
-        if value.is_finite() {
+        if finite {
             self.field_raw(key, zmij::Buffer::new().format_finite(value));
         } else {
             self.field_raw(key, "null");
@@ -192,12 +193,12 @@ impl slog::Serializer for Object<'_> {
     }
 
     fn emit_f32(&mut self, key: Key, value: f32) -> slog::Result {
-        self.field_float(key, f64::from(value));
+        self.field_float(key, value, value.is_finite());
         Ok(())
     }
 
     fn emit_f64(&mut self, key: Key, value: f64) -> slog::Result {
-        self.field_float(key, value);
+        self.field_float(key, value, value.is_finite());
         Ok(())
     }
 }
@@ -347,6 +348,7 @@ mod tests {
             slog::info!(logger, "types";
                 "nan" => f64::NAN,
                 "inf" => f32::INFINITY,
+                "tenth" => 0.1f32,
                 "neg" => -17i64,
                 "big" => u64::MAX,
                 "huge" => i128::MIN,
@@ -359,6 +361,7 @@ mod tests {
         });
         assert_eq!(line["nan"], Value::Null);
         assert_eq!(line["inf"], Value::Null);
+        assert!(text.contains(r#""tenth":0.1,"#), "{text}");
         assert_eq!(line["neg"], -17);
         assert_eq!(line["big"].as_u64(), Some(u64::MAX));
         assert!(
