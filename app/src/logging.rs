@@ -45,9 +45,9 @@ use file_rotate::suffix::AppendCount;
 use file_rotate::{ContentLimit, FileRotate};
 use prometheus::IntCounter;
 use slog::{o, Drain, Logger, OwnedKVList, Record, KV};
+use slog_async::{Async, AsyncGuard, OverflowStrategy};
 
 use crate::json_line;
-use slog_async::{Async, AsyncGuard, OverflowStrategy};
 
 /// Log files are readable by the owner and the log shipper's group, nobody else.
 pub const FILE_MODE: u32 = 0o640;
