@@ -4,7 +4,7 @@
 
 use std::fmt::{self, Write as _};
 use std::net::{SocketAddr, SocketAddrV4};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrayvec::ArrayString;
 use prometheus::IntGauge;
@@ -66,7 +66,7 @@ impl RequestScope {
         info!(ctx.logger, "request";
             "request_id" => request_id,
             "peer" => peer_text(self.peer).as_str(),
-            "duration_ms" => elapsed.as_secs_f64() * 1000.0,
+            "duration_ms" => millis(elapsed),
             "status" => status.as_u16(),
             "route" => endpoint.label(),
             "path" => self.path.as_str(),
@@ -78,6 +78,13 @@ impl RequestScope {
         }
         response
     }
+}
+
+/// `elapsed` in milliseconds, as the log shows it. One division of the exact nanosecond count
+/// rounds once, so the line reads `0.014692`; `as_secs_f64() * 1000.0` rounds twice and
+/// reads `0.014691999999999998`.
+fn millis(elapsed: Duration) -> f64 {
+    elapsed.as_nanos() as f64 / 1e6
 }
 
 /// Counts a request as in flight until dropped, including when the client goes away and
@@ -135,6 +142,19 @@ fn write_v4(text: &mut impl fmt::Write, addr: SocketAddrV4) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_as_the_nanoseconds_they_were() {
+        for (nanos, text) in [
+            (14_692, "0.014692"),
+            (79_000, "0.079"),
+            (1_000_000, "1.0"),
+            (2_500_000_001, "2500.000001"),
+        ] {
+            let shown = serde_json::to_string(&millis(Duration::from_nanos(nanos))).unwrap();
+            assert_eq!(shown, text);
+        }
+    }
 
     #[test]
     fn peers_read_as_the_standard_formatting_writes_them() {
