@@ -10,6 +10,7 @@ use warp::http::header::{HeaderValue, CONTENT_TYPE};
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
+use crate::clock::{now_rfc3339, RFC3339_CAPACITY};
 use crate::context::{AppContext, VERSION};
 use crate::labels::Endpoint;
 
@@ -82,22 +83,23 @@ pub fn metrics(ctx: &AppContext) -> Response {
 }
 
 #[derive(Serialize)]
-struct SampleRecord {
+struct SampleRecord<'a> {
     id: u32,
     name: &'static str,
     value: f64,
     tags: [&'static str; 2],
-    timestamp: String,
+    timestamp: &'a str,
 }
 
 /// The body of `/api/data`; also served by the uninstrumented benchmark baseline.
 pub fn sample_record() -> Response {
+    let mut time = [0; RFC3339_CAPACITY];
     let record = SampleRecord {
         id: 42,
         name: "sample",
         value: 3.25,
         tags: ["demo", "observability"],
-        timestamp: now_rfc3339(),
+        timestamp: now_rfc3339(&mut time),
     };
     json_response(StatusCode::OK, &record)
 }
@@ -226,12 +228,6 @@ fn bad_request(bad: &BadParam) -> Response {
 
 fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
-}
-
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

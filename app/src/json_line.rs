@@ -16,8 +16,7 @@ use std::fmt::{self, Write as _};
 
 use slog::{Key, OwnedKVList, Record, KV};
 
-/// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` is 30 bytes; room to spare.
-const RFC3339_CAPACITY: usize = 40;
+use crate::clock::{now_rfc3339, RFC3339_CAPACITY};
 
 /// Appends `record` to `line` as one JSON object and a newline, stamped with the current
 /// time. On error `line` may hold part of an object: the caller discards it.
@@ -251,32 +250,12 @@ fn needs_escaping(text: &str) -> bool {
     words.iter().any(word_needs_escaping) || word_needs_escaping(&last)
 }
 
-/// The current UTC time in RFC 3339, formatted into `buffer` on the caller's stack rather
-/// than into a new `String` for every line; empty if it cannot be formatted (an empty time
-/// is better than no line, and Promtail then stamps the line itself).
-fn now_rfc3339(buffer: &mut [u8; RFC3339_CAPACITY]) -> &str {
-    let mut unused = &mut buffer[..];
-    let formatted = time::OffsetDateTime::now_utc()
-        .format_into(&mut unused, &time::format_description::well_known::Rfc3339);
-    // What was written is how far the writer moved: the count `format_into` returns leaves
-    // out the fraction's digits (time 0.3.55), which would cut them off.
-    let len = match formatted {
-        Ok(_) => RFC3339_CAPACITY - unused.len(),
-        Err(_) => 0,
-    };
-    buffer
-        .get(..len)
-        .and_then(|bytes| std::str::from_utf8(bytes).ok())
-        .unwrap_or("")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
     use slog::{o, Drain, Logger};
     use std::sync::{Arc, Mutex};
-    use std::time::{Duration, SystemTime};
 
     /// Collects rendered lines.
     #[derive(Clone, Default)]
@@ -398,19 +377,5 @@ mod tests {
         }
         // Multi-byte characters never need escaping, whatever their bytes are.
         assert!(!needs_escaping("é☃€ÿ\u{10ffff}\u{7f}\u{80}"));
-    }
-
-    #[test]
-    fn the_time_is_now_in_rfc3339() {
-        let before = SystemTime::now();
-        let text = now_rfc3339(&mut [0; RFC3339_CAPACITY]).to_owned();
-        let after = SystemTime::now();
-        let parsed = humantime::parse_rfc3339(&text).unwrap();
-        // The text is truncated to what it shows; `before` may carry more digits.
-        assert!(
-            before - Duration::from_micros(1) <= parsed && parsed <= after,
-            "{text}"
-        );
-        assert!(text.ends_with('Z'), "{text}");
     }
 }

@@ -3,6 +3,7 @@
 //! The binary (`main.rs`) wires these together; tests build the same pieces with their own
 //! metrics registry and logger and serve them on a loopback port.
 
+pub mod clock;
 pub mod config;
 pub mod context;
 pub mod handlers;
