@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arrayvec::ArrayString;
 use slog::Logger;
 
 use crate::metrics::Metrics;
@@ -66,27 +67,21 @@ impl RequestIds {
         // By hand into a stack buffer rather than `format!` into a `String`: this runs for
         // every request, and both the formatting machinery and the allocation showed up in
         // the benchmark's profile.
-        let mut digits = [0u8; RequestId::LEN];
+        let mut digits = [0u8; REQUEST_ID_LEN];
         for (i, digit) in digits.iter_mut().enumerate() {
-            let shift = (RequestId::LEN - 1 - i) * 4;
+            let shift = (REQUEST_ID_LEN - 1 - i) * 4;
             *digit = HEX[((id >> shift) & 0xf) as usize];
         }
-        RequestId(digits)
+        // Only ASCII hex digits were written, so this cannot fail.
+        RequestId::from_byte_string(&digits).unwrap_or_default()
     }
 }
 
-/// A request id: 20 lowercase hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestId([u8; RequestId::LEN]);
+/// Request ids are 20 lowercase hex digits.
+const REQUEST_ID_LEN: usize = 20;
 
-impl RequestId {
-    pub const LEN: usize = 20;
-
-    pub fn as_str(&self) -> &str {
-        // Only ASCII hex digits are ever stored.
-        std::str::from_utf8(&self.0).unwrap_or("")
-    }
-}
+/// A request id, on the stack.
+pub type RequestId = ArrayString<REQUEST_ID_LEN>;
 
 #[cfg(test)]
 mod tests {
