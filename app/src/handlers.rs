@@ -10,7 +10,7 @@ use warp::http::header::{HeaderValue, CONTENT_TYPE};
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
-use crate::clock::{now_rfc3339, RFC3339_CAPACITY};
+use crate::clock::now_rfc3339;
 use crate::context::{AppContext, VERSION};
 use crate::labels::Endpoint;
 
@@ -93,13 +93,13 @@ struct SampleRecord<'a> {
 
 /// The body of `/api/data`; also served by the uninstrumented benchmark baseline.
 pub fn sample_record() -> Response {
-    let mut time = [0; RFC3339_CAPACITY];
+    let time = now_rfc3339();
     let record = SampleRecord {
         id: 42,
         name: "sample",
         value: 3.25,
         tags: ["demo", "observability"],
-        timestamp: now_rfc3339(&mut time),
+        timestamp: &time,
     };
     json_response(StatusCode::OK, &record)
 }
@@ -107,7 +107,9 @@ pub fn sample_record() -> Response {
 /// `GET /api/data`, with optional simulated latency (`delay_ms`, when enabled).
 pub async fn api_data(query: &Query, ctx: &AppContext) -> Response {
     match simulated_delay(query, ctx.max_simulated_delay) {
-        Ok(Some(delay)) => tokio::time::sleep(delay).await,
+        // Boxed: few requests sleep, and an unboxed timer would make every request's future
+        // a hundred bytes bigger.
+        Ok(Some(delay)) => Box::pin(tokio::time::sleep(delay)).await,
         Ok(None) => {}
         Err(bad) => return bad_request(&bad),
     }

@@ -16,7 +16,7 @@ use std::fmt::{self, Write as _};
 
 use slog::{Key, OwnedKVList, Record, KV};
 
-use crate::clock::{now_rfc3339, RFC3339_CAPACITY};
+use crate::clock::now_rfc3339;
 
 /// Appends `record` to `line` as one JSON object and a newline, stamped with the current
 /// time. On error `line` may hold part of an object: the caller discards it.
@@ -29,7 +29,7 @@ pub fn render(record: &Record, values: &OwnedKVList, line: &mut String) -> slog:
     object.line.push('{');
     object.field_arguments("msg", record.msg())?;
     object.field_str("level", record.level().as_str());
-    object.field_str("time", now_rfc3339(&mut [0; RFC3339_CAPACITY]));
+    object.field_str("time", &now_rfc3339());
     values.serialize(record, &mut object)?;
     record.kv().serialize(record, &mut object)?;
     object.line.push_str("}\n");
@@ -224,30 +224,55 @@ fn push_json_string(line: &mut String, text: &str) {
     }
 }
 
-/// Whether JSON requires escaping anything in `text`: `"`, `\` or a control character below
+/// Whether JSON requires escaping anything in `text`: `"`, `\\` or a control character below
 /// 0x20 (the JSON rule, which serde_json follows). Eight bytes are checked at a time, with
-/// the bit trick for "does any byte of this word lie below n" (exact for n <= 0x80), the
-/// last few padded to a word with a letter: the strings are short and almost never contain
-/// any of these, and a loop over single bytes cost more than the rest of the line's layout.
+/// the bit trick for "does any byte of this word lie below n" (exact for n <= 0x80): the
+/// strings are short and almost never contain any of these, and a loop over single bytes
+/// cost more than the rest of the line's layout. The last word overlaps the one before it
+/// rather than being copied out and padded: checking a byte twice is cheaper than the copy.
+#[inline(always)] // See `Object`'s helpers.
 fn needs_escaping(text: &str) -> bool {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const fn any_byte_below(word: u64, n: u8) -> bool {
-        word.wrapping_sub(ONES * n as u64) & !word & HIGH_BITS != 0
+    /// Non-zero exactly when a byte of `word` is below `n`: the lowest such byte gets its
+    /// high bit set (bytes after it may be flagged falsely, which an "any" does not mind).
+    const fn bytes_below(word: u64, n: u8) -> u64 {
+        word.wrapping_sub(ONES * n as u64) & !word & HIGH_BITS
     }
-    const fn any_byte_is(word: u64, byte: u8) -> bool {
-        any_byte_below(word ^ (ONES * byte as u64), 1)
+    const fn bytes_equal(word: u64, byte: u8) -> u64 {
+        bytes_below(word ^ (ONES * byte as u64), 1)
     }
-    let word_needs_escaping = |word: &[u8; 8]| {
-        let word = u64::from_ne_bytes(*word);
-        any_byte_below(word, 0x20) || any_byte_is(word, b'"') || any_byte_is(word, b'\\')
+    // Or-ed rather than tested one by one: no branches until the end.
+    let escapes =
+        |word: u64| bytes_below(word, 0x20) | bytes_equal(word, b'"') | bytes_equal(word, b'\\');
+    let bytes = text.as_bytes();
+    let found = if let Some(last) = bytes.last_chunk::<8>() {
+        let (words, _) = bytes.as_chunks::<8>();
+        words
+            .iter()
+            .fold(escapes(u64::from_ne_bytes(*last)), |found, word| {
+                found | escapes(u64::from_ne_bytes(*word))
+            })
+    } else if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        // 4 to 7 bytes: two overlapping halves make one word.
+        let first = u64::from(u32::from_ne_bytes(*first));
+        let last = u64::from(u32::from_ne_bytes(*last));
+        escapes(first | last << 32)
+    } else {
+        // 0 to 3 bytes, padded with a letter (byte by byte: a loop becomes a `memcpy` call).
+        let byte = |at: usize| bytes.get(at).copied().unwrap_or(b'a');
+        escapes(u64::from_ne_bytes([
+            byte(0),
+            byte(1),
+            byte(2),
+            b'a',
+            b'a',
+            b'a',
+            b'a',
+            b'a',
+        ]))
     };
-    let (words, rest) = text.as_bytes().as_chunks::<8>();
-    let mut last = [b'a'; 8];
-    if let Some(start) = last.get_mut(..rest.len()) {
-        start.copy_from_slice(rest);
-    }
-    words.iter().any(word_needs_escaping) || word_needs_escaping(&last)
+    found != 0
 }
 
 #[cfg(test)]
