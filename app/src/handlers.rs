@@ -104,16 +104,27 @@ pub fn sample_record() -> Response {
     json_response(StatusCode::OK, &record)
 }
 
+/// What a route answers: a response now, or one made after a wait.
+pub enum Answer {
+    Now(Response),
+    /// Only `/api/data` with a simulated delay waits, so only it pays for a timer and a
+    /// future of its own; every other request is answered without one.
+    After {
+        delay: Duration,
+        respond: fn() -> Response,
+    },
+}
+
 /// `GET /api/data`, with optional simulated latency (`delay_ms`, when enabled).
-pub async fn api_data(query: &Query, ctx: &AppContext) -> Response {
+pub fn api_data(query: &Query, ctx: &AppContext) -> Answer {
     match simulated_delay(query, ctx.max_simulated_delay) {
-        // Boxed: few requests sleep, and an unboxed timer would make every request's future
-        // a hundred bytes bigger.
-        Ok(Some(delay)) => Box::pin(tokio::time::sleep(delay)).await,
-        Ok(None) => {}
-        Err(bad) => return bad_request(&bad),
+        Ok(Some(delay)) => Answer::After {
+            delay,
+            respond: sample_record,
+        },
+        Ok(None) => Answer::Now(sample_record()),
+        Err(bad) => Answer::Now(bad_request(&bad)),
     }
-    sample_record()
 }
 
 /// Reads `delay_ms`; ignored entirely when simulated latency is off (`max` is zero).

@@ -82,9 +82,14 @@ impl RequestScope {
 
 /// `elapsed` in milliseconds, as the log shows it. One division of the exact nanosecond count
 /// rounds once, so the line reads `0.014692`; `as_secs_f64() * 1000.0` rounds twice and
-/// reads `0.014691999999999998`.
+/// reads `0.014691999999999998`. The count is a `u64` (584 years) rather than the `u128`
+/// `as_nanos` gives, whose conversion to `f64` is a library call.
 fn millis(elapsed: Duration) -> f64 {
-    elapsed.as_nanos() as f64 / 1e6
+    let nanos = elapsed
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(elapsed.subsec_nanos()));
+    nanos as f64 / 1e6
 }
 
 /// Counts a request as in flight until dropped, including when the client goes away and

@@ -12,6 +12,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 
+use futures_util::future::{self, Either};
 use warp::http::header::{HeaderValue, ALLOW};
 use warp::http::{Method, StatusCode};
 use warp::path::FullPath;
@@ -19,7 +20,7 @@ use warp::reply::Response;
 use warp::Filter;
 
 use crate::context::{AppContext, Shared};
-use crate::handlers::{self, Query};
+use crate::handlers::{self, Answer, Query};
 use crate::instrument::RequestScope;
 use crate::labels::Endpoint;
 
@@ -34,25 +35,27 @@ pub fn app(ctx: Shared) -> impl Filter<Extract = (Response,), Error = Infallible
                   path: FullPath,
                   query: Option<Query>,
                   peer: Option<SocketAddr>| {
-                let ctx = ctx.clone();
-                async move {
-                    let endpoint = Endpoint::from_path(path.as_str());
-                    let scope = RequestScope::begin(&ctx, method, path, peer);
-                    let response = respond(&ctx, endpoint, scope.method(), query).await;
-                    scope.finish(&ctx, endpoint, response)
+                let endpoint = Endpoint::from_path(path.as_str());
+                let scope = RequestScope::begin(&ctx, method, path, peer);
+                match respond(&ctx, endpoint, scope.method(), query) {
+                    Answer::Now(response) => {
+                        Either::Left(future::ready(scope.finish(&ctx, endpoint, response)))
+                    }
+                    Answer::After { delay, respond } => {
+                        let ctx = ctx.clone();
+                        Either::Right(Box::pin(async move {
+                            tokio::time::sleep(delay).await;
+                            scope.finish(&ctx, endpoint, respond())
+                        }))
+                    }
                 }
             },
         )
 }
 
-/// The response for one request, from the route it maps to.
-async fn respond(
-    ctx: &AppContext,
-    endpoint: Endpoint,
-    method: &Method,
-    query: Option<Query>,
-) -> Response {
-    match (endpoint, query) {
+/// The answer for one request, from the route it maps to.
+fn respond(ctx: &AppContext, endpoint: Endpoint, method: &Method, query: Option<Query>) -> Answer {
+    let response = match (endpoint, query) {
         (Endpoint::Unmatched, _) => {
             handlers::error_response(StatusCode::NOT_FOUND, "no such endpoint; GET / lists them")
         }
@@ -61,14 +64,13 @@ async fn respond(
         (Endpoint::Health, _) => handlers::health(ctx),
         (Endpoint::Metrics, _) => handlers::metrics(ctx),
         (Endpoint::ApiData | Endpoint::ApiRandom | Endpoint::ApiError, None) => undecodable_query(),
-        (Endpoint::ApiData, Some(query)) => handlers::api_data(&query, ctx).await,
+        (Endpoint::ApiData, Some(query)) => return handlers::api_data(&query, ctx),
         (Endpoint::ApiRandom, Some(query)) => handlers::api_random(&query),
         (Endpoint::ApiError, Some(query)) => handlers::api_error(&query),
-    }
+    };
+    Answer::Now(response)
 }
 
-/// A 405 that says, as HTTP requires, which method the route does answer: every route
-/// answers GET only.
 fn method_not_allowed() -> Response {
     let mut response = handlers::error_response(
         StatusCode::METHOD_NOT_ALLOWED,
