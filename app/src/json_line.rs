@@ -10,7 +10,7 @@
 //! escaping (keys, labels, ids, times, addresses: nearly all of them) straight in after a
 //! check of eight bytes at a time, and leaves the rest to the crates: serde_json escapes any
 //! string that needs it, itoa and zmij format numbers as serde_json itself does. A line now
-//! costs about 3,350 instructions, and the whole request 17,190 instead of 18,210.
+//! costs about 2,500 instructions, time stamp included (see `clock`).
 
 use std::fmt::{self, Write as _};
 
