@@ -71,6 +71,8 @@ fn respond(ctx: &AppContext, endpoint: Endpoint, method: &Method, query: Option<
     Answer::Now(response)
 }
 
+/// A 405 that says, as HTTP requires, which method the route does answer: every route
+/// answers GET only.
 fn method_not_allowed() -> Response {
     let mut response = handlers::error_response(
         StatusCode::METHOD_NOT_ALLOWED,
