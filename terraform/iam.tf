@@ -1,4 +1,8 @@
-# Every instance gets a role with the SSM core policy: Session Manager replaces SSH.
+# Every instance gets a role that holds only what the SSM agent needs for Session Manager
+# (which replaces SSH). The AWS-managed AmazonSSMManagedInstanceCore is deliberately not
+# attached: it also grants ssm:GetParameter and ssm:GetParameters on "*", which would let
+# any instance read every String parameter of the account and region and every SecureString
+# under the default aws/ssm key.
 resource "aws_iam_role" "instance" {
   for_each = local.roles
 
@@ -13,11 +17,52 @@ resource "aws_iam_role" "instance" {
   })
 }
 
-resource "aws_iam_role_policy_attachment" "ssm_core" {
+# The SSM agent's own calls, as AWS documents them for a minimal instance profile ("Create a
+# custom IAM role for Session Manager", and "Reference: ec2messages, ssmmessages, and other
+# API operations"): the heartbeat that registers the instance (scoped to this account's and
+# region's EC2 instances, its only resource type), the Session Manager channels and the
+# message delivery service the agent polls (no resource types: "*" is the only resource).
+# No ssm:GetParameter* here.
+resource "aws_iam_role_policy" "session_manager" {
   for_each = local.roles
 
-  role       = aws_iam_role.instance[each.key].name
-  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+  name = "ssm-session-manager"
+  role = aws_iam_role.instance[each.key].id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "AgentHeartbeat"
+        Effect   = "Allow"
+        Action   = ["ssm:UpdateInstanceInformation"]
+        Resource = "arn:${data.aws_partition.current.partition}:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:instance/*"
+      },
+      {
+        Sid    = "SessionManagerChannels"
+        Effect = "Allow"
+        Action = [
+          "ssmmessages:CreateControlChannel",
+          "ssmmessages:CreateDataChannel",
+          "ssmmessages:OpenControlChannel",
+          "ssmmessages:OpenDataChannel",
+        ]
+        Resource = "*"
+      },
+      {
+        Sid    = "MessageDeliveryService"
+        Effect = "Allow"
+        Action = [
+          "ec2messages:AcknowledgeMessage",
+          "ec2messages:DeleteMessage",
+          "ec2messages:FailMessage",
+          "ec2messages:GetEndpoint",
+          "ec2messages:GetMessages",
+          "ec2messages:SendReply",
+        ]
+        Resource = "*"
+      },
+    ]
+  })
 }
 
 resource "aws_iam_instance_profile" "instance" {
@@ -27,8 +72,9 @@ resource "aws_iam_instance_profile" "instance" {
   role = aws_iam_role.instance[each.key].name
 }
 
-# Grafana may read exactly one parameter, its admin password, and decrypt it only in
-# that parameter's encryption context.
+# Grafana, and only Grafana, may read exactly one parameter, its admin password: this is the
+# only ssm:GetParameter any role holds. It may decrypt with the stack's key only through SSM
+# in this region, and only in that parameter's encryption context.
 resource "aws_iam_role_policy" "grafana_reads_admin_password" {
   name = "read-grafana-admin-password"
   role = aws_iam_role.instance["grafana"].id
@@ -46,6 +92,7 @@ resource "aws_iam_role_policy" "grafana_reads_admin_password" {
         Resource = aws_kms_key.stack.arn
         Condition = {
           StringEquals = {
+            "kms:ViaService"                      = "ssm.${var.region}.${data.aws_partition.current.dns_suffix}"
             "kms:EncryptionContext:PARAMETER_ARN" = aws_ssm_parameter.grafana_admin_password.arn
           }
         }

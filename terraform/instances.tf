@@ -54,8 +54,12 @@ resource "aws_ec2_tag" "peer" {
   value       = aws_instance.role[each.value.peer].private_ip
 }
 
+# Grafana's boot agent reads the parameter as soon as this tag appears: the tag waits for the
+# policy that lets Grafana read (and decrypt) it, or the first read is denied.
 resource "aws_ec2_tag" "grafana_admin_password_param" {
   resource_id = aws_instance.role["grafana"].id
   key         = "obstack:grafana-admin-password-param"
   value       = aws_ssm_parameter.grafana_admin_password.name
+
+  depends_on = [aws_iam_role_policy.grafana_reads_admin_password]
 }

@@ -2,6 +2,14 @@ locals {
   # The default route and the HTTPS egress to the AWS APIs (SSM) are the only places
   # that name "anywhere"; every other rule references a security group or a variable.
   any_ipv4 = "0.0.0.0/0"
+
+  # The subnet lies inside the VPC when its prefix is at least as long and its address,
+  # cut to the VPC's prefix, is the VPC's network address.
+  public_subnet_inside_vpc = try(
+    tonumber(split("/", var.public_subnet_cidr)[1]) >= tonumber(split("/", var.vpc_cidr)[1])
+    && cidrhost("${split("/", var.public_subnet_cidr)[0]}/${split("/", var.vpc_cidr)[1]}", 0) == cidrhost(var.vpc_cidr, 0),
+    false
+  )
 }
 
 resource "aws_vpc" "main" {
@@ -42,6 +50,14 @@ resource "aws_subnet" "public" {
   tags = {
     Name = "${var.name}-public"
   }
+
+  lifecycle {
+    # Before 1.9, a variable's validation cannot see another variable: this is checked at plan.
+    precondition {
+      condition     = local.public_subnet_inside_vpc
+      error_message = "public_subnet_cidr must lie inside vpc_cidr (same or longer prefix, same network bits)."
+    }
+  }
 }
 
 resource "aws_route_table" "public" {
@@ -75,6 +91,10 @@ resource "aws_flow_log" "vpc" {
   tags = {
     Name = "${var.name}-flow-logs"
   }
+
+  # The role is referenced above, its permissions are not: without this the flow log can be
+  # created before the role may write, and its first deliveries fail.
+  depends_on = [aws_iam_role_policy.flow_logs]
 }
 
 resource "aws_cloudwatch_log_group" "flow_logs" {
@@ -89,12 +109,23 @@ resource "aws_iam_role" "flow_logs" {
   count = var.enable_flow_logs ? 1 : 0
 
   name = "${var.name}-flow-logs"
+  # Only flow logs of this account and region may use the role (AWS's advice against the
+  # confused deputy, on its page on the flow-log IAM role). The flow log's id is not known
+  # before it exists, hence the wildcard.
   assume_role_policy = jsonencode({
     Version = "2012-10-17"
     Statement = [{
       Effect    = "Allow"
       Principal = { Service = "vpc-flow-logs.amazonaws.com" }
       Action    = "sts:AssumeRole"
+      Condition = {
+        StringEquals = {
+          "aws:SourceAccount" = data.aws_caller_identity.current.account_id
+        }
+        ArnLike = {
+          "aws:SourceArn" = "arn:${data.aws_partition.current.partition}:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:vpc-flow-log/*"
+        }
+      }
     }]
   })
 }
@@ -104,12 +135,22 @@ resource "aws_iam_role_policy" "flow_logs" {
 
   name = "write-flow-logs"
   role = aws_iam_role.flow_logs[0].id
+  # The permissions AWS's page on the flow-log IAM role lists, each on the narrowest resource:
+  # the log group is created here (no logs:CreateLogGroup); listing log groups has no
+  # narrower resource than the account's and region's log groups.
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [{
-      Effect   = "Allow"
-      Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
-      Resource = "${aws_cloudwatch_log_group.flow_logs[0].arn}:*"
-    }]
+    Statement = [
+      {
+        Effect   = "Allow"
+        Action   = ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogStreams"]
+        Resource = "${aws_cloudwatch_log_group.flow_logs[0].arn}:*"
+      },
+      {
+        Effect   = "Allow"
+        Action   = ["logs:DescribeLogGroups"]
+        Resource = "arn:${data.aws_partition.current.partition}:logs:${var.region}:${data.aws_caller_identity.current.account_id}:log-group:*"
+      },
+    ]
   })
 }

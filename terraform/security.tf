@@ -2,14 +2,16 @@ locals {
   roles = toset(["app", "prometheus", "loki", "grafana"])
 
   # Every flow between the roles, by security group and never by address:
-  # `from` opens an egress rule, `to` the matching ingress rule.
+  # `from` opens an egress rule, `to` the matching ingress rule. `what` becomes both rules'
+  # description, which EC2 limits to 255 of a-z A-Z 0-9, spaces and ._-:/()#,@[]+=&;{}!$*
+  # (no apostrophe, no quote); xtask/tests/terraform_constraints.rs checks every one.
   peer_flows = merge(
     {
       prometheus_scrapes_app      = { from = "prometheus", to = "app", port = 5000, what = "Prometheus scrapes the demo app" }
       prometheus_scrapes_promtail = { from = "prometheus", to = "app", port = 9080, what = "Prometheus scrapes Promtail" }
       prometheus_scrapes_loki     = { from = "prometheus", to = "loki", port = 3100, what = "Prometheus scrapes Loki" }
       prometheus_scrapes_grafana  = { from = "prometheus", to = "grafana", port = 3000, what = "Prometheus scrapes Grafana" }
-      promtail_pushes_to_loki     = { from = "app", to = "loki", port = 3100, what = "Promtail pushes the app's logs to Loki" }
+      promtail_pushes_to_loki     = { from = "app", to = "loki", port = 3100, what = "Promtail pushes the app logs to Loki" }
       grafana_queries_prometheus  = { from = "grafana", to = "prometheus", port = 9090, what = "Grafana queries Prometheus" }
       grafana_queries_loki        = { from = "grafana", to = "loki", port = 3100, what = "Grafana queries Loki" }
     },

@@ -17,6 +17,13 @@ variable "name" {
     condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name))
     error_message = "The name must be 2-31 characters of lower-case letters, digits and dashes, starting with a letter."
   }
+
+  # The security groups are named "<name>-<role>", and EC2's CreateSecurityGroup refuses a
+  # group name that starts with "sg-": so neither "sg" nor "sg-..." will do.
+  validation {
+    condition     = !startswith("${var.name}-", "sg-")
+    error_message = "The name may not be \"sg\" or start with \"sg-\": the security groups are named \"<name>-<role>\" and EC2 refuses group names starting with sg-."
+  }
 }
 
 variable "ami_ids" {
@@ -52,12 +59,14 @@ variable "instance_types" {
 
 variable "root_volume_size_gb" {
   type        = number
-  description = "Size of each instance's encrypted gp3 root volume, in GiB (Prometheus and Loki keep their data there)."
+  description = "Size of each instance's encrypted gp3 root volume, in GiB (Prometheus and Loki keep their data there); at least the AMIs' own 16 GiB."
   default     = 20
 
+  # RunInstances refuses a root volume smaller than the AMI's snapshot, which is Packer's
+  # volume_size (images/common/packer/variables.pkr.hcl, 16 GiB); EBS sizes are whole GiB.
   validation {
-    condition     = var.root_volume_size_gb >= 8 && var.root_volume_size_gb <= 1024
-    error_message = "root_volume_size_gb must be between 8 and 1024."
+    condition     = var.root_volume_size_gb >= 16 && var.root_volume_size_gb <= 1024 && floor(var.root_volume_size_gb) == var.root_volume_size_gb
+    error_message = "root_volume_size_gb must be a whole number of GiB between 16 (the AMIs' root volume) and 1024."
   }
 }
 
@@ -73,6 +82,18 @@ variable "allowed_web_cidrs" {
   validation {
     condition     = alltrue([for c in var.allowed_web_cidrs : can(cidrhost(c, 0)) && can(regex("^[0-9.]+/[0-9]+$", c))])
     error_message = "Every entry of allowed_web_cidrs must be an IPv4 CIDR: an address, a slash and a prefix length, such as your address with /32."
+  }
+
+  # A CIDR with host bits set is refused by the provider at plan; write the network address.
+  validation {
+    condition     = alltrue([for c in var.allowed_web_cidrs : try(cidrhost(c, 0) == split("/", c)[0], false)])
+    error_message = "Every entry of allowed_web_cidrs must be a network address with its prefix length (no host bits set), e.g. your address with /32."
+  }
+
+  # Each entry names one rule per UI (for_each key): an entry listed twice would be a duplicate key.
+  validation {
+    condition     = length(distinct(var.allowed_web_cidrs)) == length(var.allowed_web_cidrs)
+    error_message = "allowed_web_cidrs lists a CIDR more than once."
   }
 
   validation {
@@ -104,20 +125,33 @@ variable "vpc_cidr" {
   description = "The VPC's IPv4 CIDR. Its default is one of the two IP literals this configuration allows (see terraform/README.md)."
   default     = "10.42.0.0/16"
 
+  # An IPv4 network address with its prefix length: no host bits set (the provider refuses them).
   validation {
-    condition     = can(cidrhost(var.vpc_cidr, 0)) && try(tonumber(split("/", var.vpc_cidr)[1]) <= 24, false)
-    error_message = "vpc_cidr must be an IPv4 CIDR of /24 or larger (a /16 is plenty)."
+    condition     = can(regex("^[0-9.]+/[0-9]+$", var.vpc_cidr)) && try(cidrhost(var.vpc_cidr, 0) == split("/", var.vpc_cidr)[0], false)
+    error_message = "vpc_cidr must be an IPv4 CIDR written as its network address (no host bits set), e.g. a /16."
+  }
+
+  # AWS allows a VPC's IPv4 block from /16 to /28.
+  validation {
+    condition     = try(tonumber(split("/", var.vpc_cidr)[1]) >= 16 && tonumber(split("/", var.vpc_cidr)[1]) <= 28, false)
+    error_message = "vpc_cidr must have a prefix length from /16 to /28 (AWS's VPC sizes); a /16 is plenty."
   }
 }
 
 variable "public_subnet_cidr" {
   type        = string
-  description = "The public subnet's CIDR, inside vpc_cidr."
+  description = "The public subnet's CIDR, inside vpc_cidr (checked at plan by a precondition on the subnet)."
   default     = "10.42.1.0/24"
 
   validation {
-    condition     = can(cidrhost(var.public_subnet_cidr, 0)) && try(tonumber(split("/", var.public_subnet_cidr)[1]) <= 28, false)
-    error_message = "public_subnet_cidr must be an IPv4 CIDR of /28 or larger inside vpc_cidr."
+    condition     = can(regex("^[0-9.]+/[0-9]+$", var.public_subnet_cidr)) && try(cidrhost(var.public_subnet_cidr, 0) == split("/", var.public_subnet_cidr)[0], false)
+    error_message = "public_subnet_cidr must be an IPv4 CIDR written as its network address (no host bits set), e.g. a /24."
+  }
+
+  # AWS allows a subnet's IPv4 block from /16 to /28.
+  validation {
+    condition     = try(tonumber(split("/", var.public_subnet_cidr)[1]) >= 16 && tonumber(split("/", var.public_subnet_cidr)[1]) <= 28, false)
+    error_message = "public_subnet_cidr must have a prefix length from /16 to /28 (AWS's subnet sizes)."
   }
 }
 

@@ -1,54 +1,19 @@
 //! `terraform/` stays formatted, passes checkov with zero failed checks, and keeps its
-//! hardening: checked statically with hcl-rs (no provider download needed).
+//! hardening and least-privilege IAM: checked statically with hcl-rs (no provider download
+//! needed). The values checked against AWS's constraints by evaluating them are in
+//! terraform_constraints.rs.
+
+mod terraform_support;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
-use hcl::{Block, Body, Expression};
-
-fn terraform_dir() -> PathBuf {
-    testkit::workspace_root().join("terraform")
-}
-
-/// Every `.tf` file, parsed, by file name.
-fn parsed_files() -> BTreeMap<String, Body> {
-    let mut files = BTreeMap::new();
-    for entry in std::fs::read_dir(terraform_dir()).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "tf") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            let body = hcl::parse(&text)
-                .unwrap_or_else(|e| panic!("{} does not parse: {e}", path.display()));
-            let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            files.insert(name, body);
-        }
-    }
-    assert!(
-        files.len() >= 6,
-        "expected the terraform files, found {:?}",
-        files.keys()
-    );
-    files
-}
-
-fn resources<'a>(files: &'a BTreeMap<String, Body>, kind: &str) -> Vec<&'a Block> {
-    files
-        .values()
-        .flat_map(|body| body.blocks())
-        .filter(|b| b.identifier() == "resource" && b.labels()[0].as_str() == kind)
-        .collect()
-}
-
-fn attr<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
-    body.attributes().find(|a| a.key() == key).map(|a| a.expr())
-}
-
-fn block<'a>(body: &'a Body, identifier: &str) -> Option<&'a Body> {
-    body.blocks()
-        .find(|b| b.identifier() == identifier)
-        .map(|b| b.body())
-}
+use hcl::{Body, Expression};
+use serde_json::Value;
+use terraform_support::{
+    address, attr, block, depends_on, iam_action_matches, parsed_files, policy_document, resource,
+    resources, statements, string_list, terraform_dir,
+};
 
 #[test]
 fn terraform_is_formatted() {
@@ -441,4 +406,360 @@ fn every_variable_is_typed_described_and_every_output_described() {
             }
         }
     }
+}
+
+/// Every IAM action that reads a parameter's value.
+const PARAMETER_READS: [&str; 4] = [
+    "ssm:GetParameter",
+    "ssm:GetParameters",
+    "ssm:GetParametersByPath",
+    "ssm:GetParameterHistory",
+];
+
+/// Every attachment of an AWS-managed policy (`arn:...:iam::aws:policy/...`), as
+/// (resource address, role expression, policy ARN expression).
+fn aws_managed_attachments(files: &BTreeMap<String, Body>) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
+    let mut add = |at: String, role: String, arns: &Expression| {
+        let arns = match arns {
+            Expression::Array(items) => items.iter().map(|e| e.to_string()).collect(),
+            other => vec![other.to_string()],
+        };
+        for arn in arns {
+            if arn.contains("iam::aws:policy/") {
+                found.push((at.clone(), role.clone(), arn));
+            }
+        }
+    };
+    for (kind, role_key, arn_key) in [
+        ("aws_iam_role_policy_attachment", "role", "policy_arn"),
+        ("aws_iam_policy_attachment", "roles", "policy_arn"),
+        (
+            "aws_iam_role_policy_attachments_exclusive",
+            "role_name",
+            "policy_arns",
+        ),
+        ("aws_iam_role", "name", "managed_policy_arns"),
+    ] {
+        for r in resources(files, kind) {
+            let body = r.body();
+            let role = if kind == "aws_iam_role" {
+                format!("aws_iam_role.{}", r.labels()[1].as_str())
+            } else {
+                attr(body, role_key)
+                    .map(|e| e.to_string())
+                    .unwrap_or_default()
+            };
+            if let Some(arns) = attr(body, arn_key) {
+                add(address(r), role, arns);
+            }
+        }
+    }
+    found
+}
+
+/// Every identity policy written here (inline role policies and customer-managed policies),
+/// as (resource address, its role expression, the document).
+fn identity_policies(files: &BTreeMap<String, Body>) -> Vec<(String, String, Value)> {
+    assert!(
+        terraform_support::top_blocks(files, "data")
+            .iter()
+            .all(|d| d.labels()[0].as_str() != "aws_iam_policy_document"),
+        "aws_iam_policy_document is not read by these tests: write policies with jsonencode"
+    );
+    let mut found = Vec::new();
+    for kind in ["aws_iam_role_policy", "aws_iam_policy"] {
+        for r in resources(files, kind) {
+            let role = attr(r.body(), "role")
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let document = policy_document(r.body(), "policy")
+                .unwrap_or_else(|| panic!("{} has no policy", address(r)));
+            found.push((address(r), role, document));
+        }
+    }
+    found
+}
+
+fn allows(statement: &Value) -> bool {
+    statement["Effect"] == "Allow"
+}
+
+#[test]
+fn no_instance_role_holds_an_aws_managed_policy() {
+    let files = parsed_files();
+    let offenders: Vec<String> = aws_managed_attachments(&files)
+        .into_iter()
+        .filter(|(_, role, _)| role.contains("aws_iam_role.instance"))
+        .map(|(at, role, arn)| format!("{at}: {role} holds {arn}"))
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "instance roles hold AWS-managed policies, whose content is not reviewed here; \
+         AmazonSSMManagedInstanceCore (like AmazonSSMFullAccess, AmazonSSMReadOnlyAccess and \
+         AmazonEC2RoleforSSM) grants ssm:GetParameter(s) on \"*\", i.e. every parameter of the \
+         account. Grant the Session Manager actions inline instead:\n{}",
+        offenders.join("\n")
+    );
+}
+
+#[test]
+fn the_only_parameter_read_is_grafanas_on_its_one_parameter() {
+    let files = parsed_files();
+    let mut grants = Vec::new();
+    for (at, _, arn) in aws_managed_attachments(&files) {
+        grants.push(format!(
+            "{at}: AWS-managed {arn}, which may read parameters on \"*\""
+        ));
+    }
+    for (at, role, document) in identity_policies(&files) {
+        for statement in statements(&document) {
+            assert!(
+                statement["NotAction"].is_null() && statement["NotResource"].is_null(),
+                "{at}: NotAction/NotResource are not reviewed by this test"
+            );
+            if !allows(statement) {
+                continue;
+            }
+            let actions = string_list(&statement["Action"]);
+            let reads: Vec<&str> = PARAMETER_READS
+                .iter()
+                .copied()
+                .filter(|read| actions.iter().any(|a| iam_action_matches(a, read)))
+                .collect();
+            if !reads.is_empty() {
+                grants.push(format!(
+                    "{at}: role {role} may {reads:?} on {:?}",
+                    string_list(&statement["Resource"])
+                ));
+            }
+        }
+    }
+    assert_eq!(
+        grants,
+        [
+            "aws_iam_role_policy.grafana_reads_admin_password: role aws_iam_role.instance[\"grafana\"].id may [\"ssm:GetParameter\"] on [\"aws_ssm_parameter.grafana_admin_password.arn\"]"
+        ],
+        "only Grafana may read a parameter, and only its admin password"
+    );
+}
+
+#[test]
+fn grafana_decrypts_its_password_only_through_ssm() {
+    let files = parsed_files();
+    let policy = resource(
+        &files,
+        "aws_iam_role_policy",
+        "grafana_reads_admin_password",
+    );
+    let document = policy_document(policy.body(), "policy").unwrap();
+    let decrypts: Vec<&Value> = statements(&document)
+        .into_iter()
+        .filter(|s| {
+            allows(s)
+                && string_list(&s["Action"])
+                    .iter()
+                    .any(|a| iam_action_matches(a, "kms:Decrypt"))
+        })
+        .collect();
+    assert_eq!(decrypts.len(), 1, "{document:#}");
+    let decrypt = decrypts[0];
+    assert_eq!(
+        string_list(&decrypt["Resource"]),
+        ["aws_kms_key.stack.arn"],
+        "{decrypt:#}"
+    );
+    let equals = &decrypt["Condition"]["StringEquals"];
+    let via = equals["kms:ViaService"].as_str().unwrap_or_default();
+    assert!(
+        via.starts_with("ssm.${var.region}."),
+        "kms:Decrypt must be conditioned on kms:ViaService = ssm.<region>...: {decrypt:#}"
+    );
+    assert_eq!(
+        equals["kms:EncryptionContext:PARAMETER_ARN"],
+        "aws_ssm_parameter.grafana_admin_password.arn",
+        "{decrypt:#}"
+    );
+}
+
+/// The SSM agent's actions for Session Manager, as AWS documents them for a minimal
+/// instance profile.
+const SESSION_MANAGER_ACTIONS: [&str; 11] = [
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+    "ec2messages:AcknowledgeMessage",
+    "ec2messages:DeleteMessage",
+    "ec2messages:FailMessage",
+    "ec2messages:GetEndpoint",
+    "ec2messages:GetMessages",
+    "ec2messages:SendReply",
+];
+
+#[test]
+fn every_instance_role_gets_exactly_the_session_manager_actions() {
+    let files = parsed_files();
+    let mut actions = Vec::new();
+    for r in resources(&files, "aws_iam_role_policy") {
+        let body = r.body();
+        let for_every_role = attr(body, "for_each").map(|e| e.to_string())
+            == Some("local.roles".to_string())
+            && attr(body, "role").is_some_and(|e| {
+                let role = e.to_string();
+                role == "aws_iam_role.instance[each.key].id"
+                    || role == "aws_iam_role.instance[each.key].name"
+            });
+        if for_every_role {
+            let document = policy_document(body, "policy").unwrap();
+            for statement in statements(&document).into_iter().filter(|s| allows(s)) {
+                actions.extend(string_list(&statement["Action"]));
+            }
+        }
+    }
+    actions.sort();
+    let mut expected: Vec<String> = SESSION_MANAGER_ACTIONS.map(String::from).to_vec();
+    expected.sort();
+    assert_eq!(
+        actions, expected,
+        "the policy every instance role gets (for_each = local.roles) must hold exactly the \
+         Session Manager actions of AWS's minimal instance profile"
+    );
+}
+
+#[test]
+fn the_flow_log_role_has_the_documented_permissions_and_trusts_only_this_accounts_flow_logs() {
+    let files = parsed_files();
+    let role = resource(&files, "aws_iam_role", "flow_logs");
+    let trust = policy_document(role.body(), "assume_role_policy").unwrap();
+    for statement in statements(&trust) {
+        let conditions = statement["Condition"].as_object();
+        for key in ["aws:SourceAccount", "aws:SourceArn"] {
+            assert!(
+                conditions.is_some_and(|c| c.values().any(|op| !op[key].is_null())),
+                "the flow-log role's trust policy has no {key} condition (confused deputy): {statement:#}"
+            );
+        }
+    }
+    let mut actions = Vec::new();
+    for (_, policy_role, document) in identity_policies(&files) {
+        if policy_role.starts_with("aws_iam_role.flow_logs") {
+            for statement in statements(&document).into_iter().filter(|s| allows(s)) {
+                actions.extend(string_list(&statement["Action"]));
+            }
+        }
+    }
+    for needed in [
+        "logs:CreateLogStream",
+        "logs:PutLogEvents",
+        "logs:DescribeLogGroups",
+        "logs:DescribeLogStreams",
+    ] {
+        assert!(
+            actions.iter().any(|a| iam_action_matches(a, needed)),
+            "the flow-log role lacks {needed}, which AWS's flow-log IAM role page requires: {actions:?}"
+        );
+    }
+}
+
+#[test]
+fn what_needs_a_permission_waits_for_it() {
+    let files = parsed_files();
+    let policies: Vec<(String, String, String)> = resources(&files, "aws_iam_role_policy")
+        .into_iter()
+        .map(|p| {
+            (
+                address(p),
+                attr(p.body(), "role").unwrap().to_string(),
+                attr(p.body(), "policy").unwrap().to_string(),
+            )
+        })
+        .collect();
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    // A tag naming a parameter is what tells the instance to read it.
+    for tag in resources(&files, "aws_ec2_tag") {
+        let value = attr(tag.body(), "value").unwrap().to_string();
+        let Some(parameter) = value.strip_suffix(".name") else {
+            continue;
+        };
+        if !parameter.starts_with("aws_ssm_parameter.") {
+            continue;
+        }
+        checked += 1;
+        let waits = depends_on(tag.body());
+        for (policy, _, document) in &policies {
+            if document.contains(&format!("{parameter}.arn")) && !waits.contains(policy) {
+                problems.push(format!(
+                    "{} tags {parameter} before {policy} lets the instance read it",
+                    address(tag)
+                ));
+            }
+        }
+    }
+    // A flow log delivers with its role's permissions from its first minute.
+    for flow_log in resources(&files, "aws_flow_log") {
+        let role_arn = attr(flow_log.body(), "iam_role_arn").unwrap().to_string();
+        let role = role_arn.split('[').next().unwrap().trim_end_matches(".arn");
+        checked += 1;
+        let waits = depends_on(flow_log.body());
+        for (policy, policy_role, _) in &policies {
+            let for_this_role = policy_role.starts_with(&format!("{role}["))
+                || policy_role.starts_with(&format!("{role}."));
+            if for_this_role && !waits.contains(policy) {
+                problems.push(format!(
+                    "{} may be created before {policy} gives its role its permissions",
+                    address(flow_log)
+                ));
+            }
+        }
+    }
+    assert!(checked >= 2, "found no password tag or flow log to check");
+    assert!(
+        problems.is_empty(),
+        "add depends_on:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// Paths under `xtask/tests/` that a README cites.
+fn cited_test_paths(text: &str) -> Vec<String> {
+    text.match_indices("xtask/tests/")
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "_./-".contains(*c))
+                .collect::<String>()
+                .trim_end_matches('.')
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn the_readmes_cite_only_test_files_that_exist() {
+    let terraform_readme = terraform_dir().join("README.md");
+    let mut cited = Vec::new();
+    for readme in [
+        terraform_readme.clone(),
+        testkit::workspace_root().join("README.md"),
+    ] {
+        let text = std::fs::read_to_string(&readme).unwrap();
+        for path in cited_test_paths(&text) {
+            cited.push((readme.display().to_string(), path));
+        }
+    }
+    assert!(
+        cited
+            .iter()
+            .any(|(readme, _)| *readme == terraform_readme.display().to_string()),
+        "terraform/README.md cites none of its tests"
+    );
+    let missing: Vec<String> = cited
+        .iter()
+        .filter(|(_, path)| !testkit::workspace_root().join(path).exists())
+        .map(|(readme, path)| format!("{readme} cites {path}, which does not exist"))
+        .collect();
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
 }
