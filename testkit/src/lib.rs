@@ -6,16 +6,12 @@
 
 pub mod http;
 
-// The same list of cargo's per-crate variables as xtask's `cmd::cargo` (see the file).
-#[path = "../../xtask/src/cargo_env.rs"]
-mod cargo_env;
-
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cargo_env::is_set_by_cargo_for_a_crate;
+use xtask::cargo_env::is_set_by_cargo_for_a_crate;
 
 /// Returns the full path of `tool`, or panics with a message saying how to install it.
 ///
@@ -32,17 +28,7 @@ pub fn require_tool(tool: &str) -> PathBuf {
 
 /// Looks `tool` up on `PATH` like a shell would.
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(tool))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    xtask::cmd::find_tool(tool)
 }
 
 /// Asks the kernel for a free TCP port on 127.0.0.1.
@@ -66,93 +52,41 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
     panic!("nothing listened on {addr} within {timeout:?}");
 }
 
-/// A moto server (a real EC2/SSM API implementation) on a free loopback port.
-/// It is killed when dropped, so every test gets a fresh, empty AWS.
-pub struct Moto {
-    child: Child,
-    port: u16,
-}
+/// A moto server (a real EC2/SSM API implementation) on a free loopback port: xtask's
+/// launcher, failing the test when it cannot start. It is killed when dropped, so every
+/// test gets a fresh, empty AWS.
+pub struct Moto(xtask::moto::Moto);
 
 impl Moto {
     /// Starts `moto_server` and waits until it answers HTTP.
     pub fn start() -> Moto {
-        let moto = require_tool("moto_server");
-        let port = free_port();
-        let child = Command::new(moto)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn moto_server");
-        let server = Moto { child, port };
-        server.wait_ready(Duration::from_secs(30));
-        server
-    }
-
-    fn wait_ready(&self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(2))
-            .build()
-            .expect("build an HTTP client");
-        while Instant::now() < deadline {
-            // moto's own dashboard endpoint answers once the server is up.
-            if client
-                .get(format!("{}/moto-api/", self.endpoint()))
-                .send()
-                .is_ok()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        match xtask::moto::Moto::start() {
+            Ok(moto) => Moto(moto),
+            Err(error) => panic!(
+                "{}; run the README's test command (scripts/test.sh) once to install every \
+                 test dependency",
+                xtask::report::one_line(&error)
+            ),
         }
-        panic!(
-            "moto_server did not answer on port {} within {timeout:?}",
-            self.port
-        );
     }
 
     pub fn port(&self) -> u16 {
-        self.port
+        self.0.port()
     }
 
     /// The endpoint URL, e.g. `http://127.0.0.1:41234`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.0.endpoint()
     }
 
     /// Environment that points the AWS SDKs, the AWS CLI and Packer at this server.
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", self.endpoint()),
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_DEFAULT_REGION", "us-east-1".into()),
-            // Never let a developer's own profile or IMDS leak into a test.
-            ("AWS_PROFILE", String::new()),
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ]
+        self.0.env()
     }
 
     /// Applies [`Moto::env`] to a command.
     pub fn apply_env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
-        for (key, value) in self.env() {
-            if value.is_empty() {
-                command.env_remove(key);
-            } else {
-                command.env(key, value);
-            }
-        }
-        command
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.apply_env(command)
     }
 }
 

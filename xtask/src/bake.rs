@@ -1,25 +1,32 @@
-//! `cargo xtask bake`: content-addressed, parallel AMI bakes.
+//! `cargo xtask bake`: content-addressed, parallel AMI bakes, as a pipeline read top to
+//! bottom in [`run`]:
 //!
-//! Order matters: every check that can fail cheaply (roles, Packer, credentials, pinned
-//! checksums) runs before anything is built or created, then the release binaries are
-//! built, the base AMI resolved, each role hashed, and only roles without an AMI carrying
-//! their hash are handed to Packer, all at once.
+//! 1. inputs: the release binaries (`artifacts`), the base AMI (`base`), each role's
+//!    input digests (`crate::hash`, pure);
+//! 2. plan: what to build and why (`plan`, pure);
+//! 3. execute: the Packer builds, all at once (`build`);
+//! 4. record: tags on the new AMIs (`record`);
+//! 5. report: the summary table or JSON (`summary`).
+//!
+//! Every check that can fail cheaply (roles, Packer, credentials, pinned checksums) runs
+//! before step 1, so nothing is built or created for a bake that cannot happen.
 
 pub mod artifacts;
 pub mod base;
 mod bench;
 mod build;
+pub mod inputs;
 mod interrupt;
-mod plan;
-mod summary;
-mod vars;
+pub mod plan;
+mod record;
+pub mod summary;
+pub mod vars;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use aws_sdk_ec2::types::{AttributeValue, Tag};
 
 pub use bench::bench;
 use build::{Job, Outcome};
@@ -29,18 +36,21 @@ use summary::{RoleResult, State, Summary};
 use crate::ami;
 use crate::cli::BakeArgs;
 use crate::hash::{self, HashInputs, InputDigests};
+use crate::report;
+use crate::roles::{Registry, Role};
 use crate::versions::Manifest;
 
 pub fn run(args: BakeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let roles = selected_roles(&args.only)?;
-    let images_dir = hash::images_dir();
-    let manifest = Manifest::load(&images_dir.join("versions.toml"))?;
-    let real_bake = !args.smoke && !args.dry_run;
-    if real_bake {
+    let registry = Registry::load_default()?;
+    let roles = selected_roles(&registry, &args.only)?;
+    let manifest = Manifest::load(&registry.images_dir().join("versions.toml"))?;
+
+    // Checks that fail cheaply, before anything is built or created.
+    if !args.smoke && !args.dry_run {
         // A golden image must never download an unverified release.
         for role in &roles {
-            for (name, component) in manifest.for_role(role) {
+            for (name, component) in manifest.for_role(&role.name) {
                 component.verified_sha256(name, "amd64")?;
             }
         }
@@ -50,24 +60,29 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
     } else {
         Some(crate::packer::check_installed()?)
     };
-
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let client = match runtime.block_on(connect(args.region.as_deref())) {
         Ok(client) => Some(client),
         Err(error) if args.dry_run => {
-            eprintln!("note: AWS is not reachable ({error:#}); the plan shows input digests only");
+            eprintln!(
+                "note: AWS is not reachable ({}); the plan shows input digests only",
+                report::one_line(&error)
+            );
             None
         }
         Err(error) => return Err(error),
     };
 
-    let artifacts_dir = artifacts::build_release()?;
-    let base_filter = base::BaseAmiFilter::from_env();
+    // 1. Inputs: the release binaries, the base AMI, each role's input digests.
+    let artifacts_dir = artifacts::build_release(&registry)?;
     let base = match &client {
-        Some(client) => match runtime.block_on(base::resolve(client, &base_filter)) {
+        Some(client) => match runtime.block_on(base::resolve(client, &base_filter(args.smoke))) {
             Ok(base) => Some(base),
             Err(error) if args.dry_run => {
-                eprintln!("note: {error:#}; the plan shows input digests only");
+                eprintln!(
+                    "note: {}; the plan shows input digests only",
+                    report::one_line(&error)
+                );
                 None
             }
             Err(error) => return Err(error),
@@ -75,7 +90,7 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let inputs = HashInputs {
-        images_dir: images_dir.clone(),
+        images_dir: registry.images_dir().to_path_buf(),
         manifest: manifest.clone(),
         artifacts_dir: artifacts_dir.clone(),
         base_ami_id: base
@@ -84,18 +99,18 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
     };
     let digests: Vec<(String, InputDigests)> = roles
         .iter()
-        .map(|role| Ok((role.clone(), hash::role_input_digests(role, &inputs)?)))
+        .map(|role| Ok((role.name.clone(), hash::role_input_digests(role, &inputs)?)))
         .collect::<anyhow::Result<_>>()?;
-
     let (Some(client), Some(base)) = (client, base) else {
         return print_offline_plan(&digests, args.json);
     };
+
+    // 2. Plan: what to build and why, from the digests and the AMIs that exist.
     let existing = runtime.block_on(ami::list(&client, None))?;
     let plans: Vec<RolePlan> = digests
         .into_iter()
         .map(|(role, digests)| plan::decide(&role, digests, &existing, args.force))
         .collect();
-
     if args.dry_run {
         let summary = Summary {
             dry_run: true,
@@ -103,9 +118,10 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
             base_ami: Some(base.id.clone()),
             roles: plans.iter().map(|p| planned_result(p, true)).collect(),
         };
-        return report(&summary, args.json);
+        return print_summary(&summary, args.json);
     }
 
+    // 3. Execute: one Packer build per role that needs one, all at once.
     let to_build: Vec<&RolePlan> = plans
         .iter()
         .filter(|p| matches!(p.action, Action::Build { .. }))
@@ -132,54 +148,25 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
         };
         let jobs = to_build
             .iter()
-            .map(|plan| prepare_job(plan, &images_dir, &manifest, &common))
+            .map(|plan| prepare_job(plan, &registry, &manifest, &common))
             .collect::<anyhow::Result<Vec<Job>>>()?;
         if let Some(version) = packer_version {
-            crate::packer::init_if_needed(version, &images_dir)?;
+            crate::packer::init_if_needed(version, registry.images_dir())?;
         }
         let interrupt = interrupt::Interrupt::install(&runtime)?;
         let results = build::run_all(&jobs, args.smoke, &interrupt);
+
+        // 4. Record: tag what was built, so later plans can say what changed.
         for ((job, plan), (outcome, started_at, duration)) in
             jobs.iter().zip(&to_build).zip(results)
         {
             if let Outcome::Built { ami_id } = &outcome {
-                // Lets a later dry run say which inputs changed since this AMI.
-                let tagged = runtime.block_on(
-                    client
-                        .create_tags()
-                        .resources(ami_id)
-                        .tags(
-                            Tag::builder()
-                                .key(ami::TAG_INPUT_DIGESTS)
-                                .value(plan.digests.to_tag())
-                                .build(),
-                        )
-                        .send(),
-                );
-                if let Err(error) = tagged {
-                    eprintln!(
-                        "warning: {}: cannot tag {ami_id} with its input digests: {error}",
-                        job.role
-                    );
-                }
-                // Packer 1.6.6 has no `imds_support`: mark golden AMIs IMDSv2-only here, so
-                // any instance launched from one refuses IMDSv1 even without Terraform's
-                // metadata_options. (Smoke AMIs in a local endpoint are never launched.)
-                if !args.smoke {
-                    let marked = runtime.block_on(
-                        client
-                            .modify_image_attribute()
-                            .image_id(ami_id)
-                            .imds_support(AttributeValue::builder().value("v2.0").build())
-                            .send(),
-                    );
-                    if let Err(error) = marked {
-                        eprintln!(
-                            "warning: {}: cannot mark {ami_id} IMDSv2-only ({error}); run \
-                             `aws ec2 modify-image-attribute --image-id {ami_id} --imds-support v2.0`",
-                            job.role
-                        );
-                    }
+                let marks = record::Marks {
+                    digests: &plan.digests,
+                    imdsv2_only: !args.smoke,
+                };
+                for warning in runtime.block_on(record::mark_built(&client, ami_id, &marks)) {
+                    eprintln!("warning: {}: {warning}", job.role);
                 }
             }
             outcomes.insert(
@@ -189,40 +176,17 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
         }
     }
 
-    let roles_result = plans
-        .iter()
-        .map(|plan| match outcomes.remove(&plan.role) {
-            None => planned_result(plan, false),
-            Some((outcome, started_at, duration, log)) => {
-                let mut result = planned_result(plan, false);
-                result.duration_secs = duration.as_secs_f64();
-                result.started_at_unix = started_at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .ok()
-                    .map(|d| d.as_secs_f64());
-                result.log = Some(log.display().to_string());
-                match outcome {
-                    Outcome::Built { ami_id } => {
-                        result.state = State::Built;
-                        result.ami_id = Some(ami_id);
-                    }
-                    Outcome::Failed { error } => {
-                        result.state = State::Failed;
-                        result.error = Some(error);
-                    }
-                    Outcome::Interrupted => result.state = State::Interrupted,
-                }
-                result
-            }
-        })
-        .collect();
+    // 5. Report.
     let summary = Summary {
         dry_run: false,
         smoke: args.smoke,
         base_ami: Some(base.id),
-        roles: roles_result,
+        roles: plans
+            .iter()
+            .map(|plan| finished_result(plan, outcomes.remove(&plan.role)))
+            .collect(),
     };
-    report(&summary, args.json)?;
+    print_summary(&summary, args.json)?;
     eprintln!("bake finished in {:.1}s", started.elapsed().as_secs_f64());
     let failed = summary.failed_roles();
     if !failed.is_empty() {
@@ -245,15 +209,55 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--only` validated, deduplicated, in the project's role order; every role when empty.
-fn selected_roles(only: &[String]) -> anyhow::Result<Vec<String>> {
-    for role in only {
-        hash::check_role(role)?;
+/// The base image filter: the environment's, or for a smoke bake without one, moto's
+/// stand-in (a fresh moto has no Ubuntu 24.04 image).
+fn base_filter(smoke: bool) -> base::BaseAmiFilter {
+    let mut filter = base::BaseAmiFilter::from_env();
+    let name_set = std::env::var_os("OBSTACK_BASE_AMI_NAME").is_some_and(|v| !v.is_empty());
+    if smoke && !name_set {
+        filter.name = crate::moto::BASE_AMI_NAME.to_string();
     }
-    Ok(crate::project::ROLES
+    filter
+}
+
+/// A role's line of the summary once its build (if any) finished.
+fn finished_result(
+    plan: &RolePlan,
+    outcome: Option<(Outcome, std::time::SystemTime, std::time::Duration, PathBuf)>,
+) -> RoleResult {
+    let mut result = planned_result(plan, false);
+    let Some((outcome, started_at, duration, log)) = outcome else {
+        return result;
+    };
+    result.duration_secs = duration.as_secs_f64();
+    result.started_at_unix = started_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs_f64());
+    result.log = Some(log.display().to_string());
+    match outcome {
+        Outcome::Built { ami_id } => {
+            result.state = State::Built;
+            result.ami_id = Some(ami_id);
+        }
+        Outcome::Failed { error } => {
+            result.state = State::Failed;
+            result.error = Some(error);
+        }
+        Outcome::Interrupted => result.state = State::Interrupted,
+    }
+    result
+}
+
+/// `--only` validated, deduplicated, in the registry's order; every role when empty.
+fn selected_roles<'a>(registry: &'a Registry, only: &[String]) -> anyhow::Result<Vec<&'a Role>> {
+    for role in only {
+        registry.role(role)?;
+    }
+    Ok(registry
+        .roles()
         .iter()
-        .filter(|role| only.is_empty() || only.iter().any(|o| o == *role))
-        .map(|role| role.to_string())
+        .filter(|role| only.is_empty() || only.contains(&role.name))
         .collect())
 }
 
@@ -283,7 +287,7 @@ fn ec2_endpoint() -> String {
 /// Writes the role's var file under `target/bake/<role>/` and describes its build.
 fn prepare_job(
     plan: &RolePlan,
-    images_dir: &Path,
+    registry: &Registry,
     manifest: &Manifest,
     common: &vars::Common,
 ) -> anyhow::Result<Job> {
@@ -292,7 +296,7 @@ fn prepare_job(
     let manifest_file = dir.join("manifest.json");
     let var_file = dir.join("vars.pkrvars.json");
     vars::VarFile::new(
-        &plan.role,
+        registry.role(&plan.role)?,
         &plan.input_hash,
         manifest,
         common,
@@ -301,7 +305,7 @@ fn prepare_job(
     .write(&var_file)?;
     Ok(Job {
         role: plan.role.clone(),
-        template_dir: crate::packer::template_dir(images_dir),
+        template_dir: crate::packer::template_dir(registry.images_dir()),
         var_file,
         log_file: dir.join("packer.log"),
         manifest_file,
@@ -350,16 +354,20 @@ fn print_offline_plan(digests: &[(String, InputDigests)], json: bool) -> anyhow:
         );
         return Ok(());
     }
-    for (role, d) in digests {
-        println!("{role}: input hash unknown until the base AMI is resolved; inputs:");
-        for (label, value) in &d.entries {
-            println!("  {label:<16} {value}");
-        }
-    }
+    println!("input hashes are unknown until the base AMI is resolved; the inputs so far:");
+    let rows = digests.iter().flat_map(|(role, d)| {
+        d.entries
+            .iter()
+            .map(move |(label, value)| [role.as_str(), label.as_str(), value.as_str()])
+    });
+    print!(
+        "{}",
+        crate::table::render(&["ROLE", "INPUT", "DIGEST"], rows)
+    );
     Ok(())
 }
 
-fn report(summary: &Summary, json: bool) -> anyhow::Result<()> {
+fn print_summary(summary: &Summary, json: bool) -> anyhow::Result<()> {
     if json {
         eprint!("{}", summary.table());
         println!(

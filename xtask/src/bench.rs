@@ -8,7 +8,7 @@ use crate::cli::{BenchArgs, BenchTarget};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.target {
-        BenchTarget::App => app::run(&args.duration, args.rounds as usize),
+        BenchTarget::App => app::run(args.duration, args.rounds as usize),
         BenchTarget::Bake => crate::bake::bench(),
     }
 }

@@ -3,9 +3,7 @@
 //! some build scripts (ring's) rerun when `CARGO_MANIFEST_DIR` changes, so passing them on
 //! makes every nested build recompile ring and everything above it.
 //!
-//! xtask's `cmd::cargo` and testkit's `workspace_bin` both need this list. testkit is a
-//! dev-only crate that xtask cannot depend on, so testkit includes this file by path
-//! (`#[path]`): one list, compiled into both.
+//! xtask's `cmd::Cmd::cargo` and testkit's `workspace_bin` both use this list.
 
 /// Whether cargo set `name` for the crate it runs (not a user setting like `CARGO_HOME`).
 pub fn is_set_by_cargo_for_a_crate(name: &str) -> bool {

@@ -2,6 +2,7 @@
 //! Flag names here are a contract with the README, CI workflows and tests.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -57,9 +58,9 @@ pub enum BenchTarget {
 pub struct BenchArgs {
     /// What to benchmark.
     pub target: BenchTarget,
-    /// How long each load run lasts, e.g. `10s`.
-    #[arg(long, default_value = "10s")]
-    pub duration: String,
+    /// How long each load run lasts, e.g. `10s` (at least 1s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
     /// Interleaved rounds of runs for `app`; more rounds average out a noisy machine.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
@@ -67,7 +68,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask bake --dry-run\n  cargo xtask bake --only app --only grafana\n  cargo xtask bake --json > bake.json\n  AWS_ENDPOINT_URL=http://127.0.0.1:5000 cargo xtask bake --smoke"
+    after_help = "Examples:\n  cargo xtask bake --dry-run\n  cargo xtask bake --only app --only grafana\n  cargo xtask bake --json > bake.json\n  AWS_ENDPOINT_URL=http://127.0.0.1:4566 cargo xtask bake --smoke   # against moto_server -p 4566"
 )]
 pub struct BakeArgs {
     /// Bake only this role (repeatable): app, prometheus, loki, grafana.
@@ -150,8 +151,8 @@ pub struct DeployArgs {
     #[arg(long, value_name = "ROLE=AMI")]
     pub ami: Vec<String>,
     /// How long to wait for the stack to become healthy, e.g. `10m`.
-    #[arg(long, default_value = "10m")]
-    pub health_timeout: String,
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub health_timeout: Duration,
     /// AWS region (default: the standard AWS settings).
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,
@@ -210,8 +211,8 @@ pub struct UpArgs {
     #[arg(long, env = "STACK_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// How long to wait for the stack to become healthy, e.g. `90s`.
-    #[arg(long, default_value = "90s")]
-    pub timeout: String,
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -222,4 +223,49 @@ pub struct PsArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Every duration flag: humantime's syntax (`90s`, `10m`, `1h 30m`), checked when the
+/// command line is parsed, with one message for all of them.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        Ok(_) => Err("a duration of zero would never wait; write e.g. 90s, 10m or 1h".into()),
+        Err(error) => Err(format!("{error}; write a duration like 90s, 10m or 1h")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_are_parsed_when_the_command_line_is() {
+        let cli = Cli::try_parse_from(["cargo xtask", "up", "--timeout", "2m 30s"]).unwrap();
+        let Command::Up(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.timeout, Duration::from_secs(150));
+        for flags in [
+            ["up", "--timeout", "soon"],
+            ["deploy", "--health-timeout", "10"],
+            ["bench", "--duration", "0s"],
+        ] {
+            let mut argv = vec!["cargo xtask"];
+            argv.extend(flags);
+            if argv[1] == "bench" {
+                argv.insert(2, "app");
+            }
+            let error = Cli::try_parse_from(&argv).unwrap_err().to_string();
+            assert!(error.contains("90s, 10m or 1h"), "{error}");
+            assert!(error.contains(flags[1]), "{error}");
+        }
+    }
 }

@@ -4,11 +4,11 @@
 //! Every step is idempotent (init, plan, apply of a fresh plan, the health wait), so an
 //! interrupted deploy is finished by running it again.
 
-mod health;
+pub mod health;
 mod password;
-mod select;
+pub mod select;
 mod terraform;
-mod tfvars;
+pub mod tfvars;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -17,9 +17,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Serialize;
 
+use crate::ami;
 use crate::cli::{DeployArgs, DestroyArgs, StatusArgs};
-use crate::project::{self, ROLES};
-use crate::{ami, hash};
+use crate::project;
+use crate::roles::Registry;
 use health::{BasicAuth, Checker, StackEndpoints, WaitOptions};
 use select::Selected;
 use terraform::{Outputs, PlanResult, Terraform};
@@ -45,8 +46,8 @@ fn generated_vars_path() -> PathBuf {
 }
 
 pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let health_timeout = parse_duration("--health-timeout", &args.health_timeout)?;
-    let explicit = select::parse_explicit(&args.ami)?;
+    let health_timeout = args.health_timeout;
+    let explicit = select::parse_explicit(&Registry::load_default()?, &args.ami)?;
     let user_vars = user_var_files(args.var_file.as_deref())?;
     // Fail on a missing Terraform before the (slow) hash computation.
     Terraform::locate(&terraform_dir(), Vec::new())?;
@@ -195,11 +196,6 @@ fn user_var_files(var_file: Option<&Path>) -> anyhow::Result<Vec<PathBuf>> {
     Ok(Vec::new())
 }
 
-fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Duration> {
-    humantime::parse_duration(text)
-        .with_context(|| format!("{flag} {text}: not a duration; write e.g. 90s, 10m or 1h"))
-}
-
 /// Asks on the terminal; anything but yes aborts. Never guesses when there is no terminal.
 fn confirm(question: &str) -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
@@ -229,26 +225,33 @@ async fn choose_amis(
         .region()
         .map(|r| r.to_string())
         .context("no AWS region configured: pass --region, or set AWS_REGION")?;
-    let remaining = select::remaining_roles(explicit);
+    let registry = Registry::load_default()?;
+    let remaining = select::remaining_roles(&registry, explicit);
     let mut chosen = select::explicit(explicit);
     if !remaining.is_empty() {
         if latest {
             chosen.extend(select::latest(&client, &remaining).await?);
         } else {
             eprintln!("computing this checkout's input hashes (builds the release binaries)...");
-            let hashes = hash::current_role_hashes(&client, &remaining).await?;
+            let hashes =
+                crate::bake::inputs::checkout_hashes(&client, &registry, &remaining).await?;
             chosen.extend(select::by_hash(&client, &hashes).await?);
         }
     }
-    chosen.sort_by_key(|s| ROLES.iter().position(|r| *r == s.role));
+    let order = registry.names();
+    chosen.sort_by_key(|s| order.iter().position(|r| *r == s.role));
     Ok((region, chosen))
 }
 
 fn print_selection(region: &str, selected: &[Selected]) {
     eprintln!("AMIs to launch in {region}:");
-    for s in selected {
-        eprintln!("  {:<11} {:<22} {}", s.role, s.ami_id, s.reason);
-    }
+    eprint!(
+        "{}",
+        crate::table::render(
+            &["ROLE", "AMI", "WHY"],
+            selected.iter().map(|s| [&s.role, &s.ami_id, &s.reason])
+        )
+    );
 }
 
 /// Reads Grafana's admin password from SSM. Without it the checks that need Grafana's API
@@ -263,8 +266,9 @@ async fn grafana_auth(region: &str, outputs: &Outputs) -> Option<BasicAuth> {
         }),
         Err(error) => {
             eprintln!(
-                "warning: cannot read Grafana's admin password ({error:#}); \
-                 skipping the checks that go through Grafana's API"
+                "warning: cannot read Grafana's admin password ({}); \
+                 skipping the checks that go through Grafana's API",
+                crate::report::one_line(&error)
             );
             None
         }
@@ -281,7 +285,12 @@ fn stack_endpoints(outputs: &Outputs, grafana_auth: Option<BasicAuth>) -> StackE
 
 fn print_access(outputs: &Outputs) {
     println!("\nThe stack is healthy.\n");
-    for role in ["grafana", "prometheus", "loki", "app"] {
+    // What a person opens first: the UIs at the end of the start order (Grafana) first.
+    let mut roles: Vec<String> = Registry::load_default()
+        .map(|r| r.names().iter().map(|n| n.to_string()).collect())
+        .unwrap_or_default();
+    roles.reverse();
+    for role in &roles {
         let Some(url) = outputs.urls.get(role) else {
             continue;
         };
@@ -312,7 +321,7 @@ struct InstanceStatus {
     instance_id: String,
     state: String,
     ami_id: String,
-    /// `current`, `behind (AMI hash x, checkout y)`, `newer AMI available`, or why unknown.
+    /// `newest bake (hash)`, `behind: ...` when a newer bake of the role exists, or why unknown.
     image: String,
 }
 
@@ -325,22 +334,34 @@ struct StatusReport {
 
 impl StatusReport {
     fn print(&self) {
-        println!("region {}", self.region);
-        println!(
-            "\n{:<11} {:<20} {:<9} {:<22} image",
-            "role", "instance", "state", "ami"
+        println!("region {}\n", self.region);
+        print!(
+            "{}",
+            crate::table::render(
+                &["ROLE", "INSTANCE", "STATE", "AMI", "IMAGE"],
+                self.instances.iter().map(|i| [
+                    &i.role,
+                    &i.instance_id,
+                    &i.state,
+                    &i.ami_id,
+                    &i.image
+                ])
+            )
         );
-        for i in &self.instances {
-            println!(
-                "{:<11} {:<20} {:<9} {:<22} {}",
-                i.role, i.instance_id, i.state, i.ami_id, i.image
-            );
-        }
-        println!("\nhealth");
-        for o in &self.health {
-            let mark = if o.healthy { "ok  " } else { "FAIL" };
-            println!("  {mark} {}: {}", o.name, o.detail);
-        }
+        println!();
+        print!(
+            "{}",
+            crate::table::render(
+                &["HEALTH", "CHECK", "DETAIL"],
+                self.health.iter().map(|o| {
+                    [
+                        if o.healthy { "ok" } else { "FAIL" }.to_string(),
+                        o.name.clone(),
+                        o.detail.clone(),
+                    ]
+                })
+            )
+        );
     }
 }
 
@@ -354,7 +375,6 @@ async fn instance_status(region: &str, outputs: &Outputs) -> anyhow::Result<Vec<
         .await
         .context("cannot describe the stack's instances (ec2:DescribeInstances); check your AWS credentials")?;
     let amis = ami::list(&client, None).await?;
-    let current = hash::current_role_hashes(&client, &ROLES).await;
     let mut rows = Vec::new();
     for reservation in described.reservations() {
         for instance in reservation.instances() {
@@ -365,10 +385,7 @@ async fn instance_status(region: &str, outputs: &Outputs) -> anyhow::Result<Vec<
                 .find(|(_, v)| **v == id)
                 .map_or("?".to_string(), |(k, _)| k.clone());
             let ami_id = instance.image_id().unwrap_or_default().to_string();
-            let image = match &current {
-                Ok(hashes) => image_freshness(&role, &ami_id, &amis, hashes.get(&role)),
-                Err(error) => format!("unknown (cannot compute the current hashes: {error:#})"),
-            };
+            let image = image_freshness(&role, &ami_id, &amis);
             rows.push(InstanceStatus {
                 role,
                 state: instance
@@ -381,35 +398,72 @@ async fn instance_status(region: &str, outputs: &Outputs) -> anyhow::Result<Vec<
             });
         }
     }
-    rows.sort_by_key(|r| ROLES.iter().position(|role| *role == r.role));
+    let order = Registry::load_default()?
+        .names()
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>();
+    rows.sort_by_key(|r| order.iter().position(|role| *role == r.role));
     Ok(rows)
 }
 
-/// Whether the AMI an instance runs was baked from this checkout's inputs.
-fn image_freshness(
-    role: &str,
-    ami_id: &str,
-    amis: &[ami::Ami],
-    current: Option<&String>,
-) -> String {
+/// Whether the AMI an instance runs is its role's newest bake. `status` builds nothing, so
+/// it compares with the AMIs that exist, not with this checkout's (unbuilt) inputs; `cargo
+/// xtask bake --dry-run` says whether the checkout differs from them.
+fn image_freshness(role: &str, ami_id: &str, amis: &[ami::Ami]) -> String {
     let Some(running) = amis.iter().find(|a| a.id == ami_id) else {
         return "unknown AMI (not an obstack bake of this account)".into();
     };
-    match current {
-        Some(hash) if *hash == running.input_hash => "current".into(),
-        Some(hash) => {
-            let baked = amis.iter().any(|a| a.role == role && a.input_hash == *hash);
-            format!(
-                "behind: runs {}, checkout is {}{}",
-                select::short(&running.input_hash),
-                select::short(hash),
-                if baked {
-                    " (baked; run `cargo xtask deploy`)"
-                } else {
-                    " (run `cargo xtask bake`)"
-                }
-            )
+    // `ami::list` returns the newest first.
+    match amis.iter().find(|a| a.role == role) {
+        Some(newest) if newest.id == running.id => {
+            format!("newest bake ({})", select::short(&running.input_hash))
         }
-        None => "unknown (no current hash)".into(),
+        Some(newest) => format!(
+            "behind: runs {}, newest bake is {} ({}); run `cargo xtask deploy --latest`",
+            select::short(&running.input_hash),
+            newest.id,
+            select::short(&newest.input_hash),
+        ),
+        None => "unknown (no bake of this role)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn ami(id: &str, role: &str, hash: &str) -> ami::Ami {
+        ami::Ami {
+            id: id.into(),
+            name: format!("obstack-{role}-{id}"),
+            role: role.into(),
+            input_hash: hash.repeat(64),
+            git_revision: None,
+            created: "2026-01-01T00:00:00.000Z".into(),
+            snapshot_ids: vec![],
+            size_gib: 16,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn status_compares_the_running_ami_with_the_newest_bake_without_building() {
+        // Newest first, as ami::list returns them.
+        let amis = [
+            ami("ami-new", "app", "b"),
+            ami("ami-old", "app", "a"),
+            ami("ami-l", "loki", "c"),
+        ];
+        assert_eq!(
+            image_freshness("app", "ami-new", &amis),
+            "newest bake (bbbbbbbbbbbb)"
+        );
+        let behind = image_freshness("app", "ami-old", &amis);
+        assert!(behind.starts_with("behind: runs aaaaaaaaaaaa,"), "{behind}");
+        assert!(behind.contains("ami-new"), "{behind}");
+        assert!(image_freshness("app", "ami-other", &amis).starts_with("unknown AMI"));
     }
 }

@@ -6,7 +6,7 @@
 //! | label | value |
 //! |---|---|
 //! | `base-ami` | the resolved base AMI id, e.g. `ami-0abc...` |
-//! | `bin:<name>` | hex SHA-256 of each shipped binary: `stack-agent`, plus `demo-app` for `app` |
+//! | `bin:<name>` | hex SHA-256 of each shipped binary: `stack-agent`, plus the role.toml's `[image] binaries` |
 //! | `files:common` | tree digest of `images/common/` (the Packer template included) |
 //! | `files:role` | tree digest of `images/<role>/` |
 //! | `versions` | hex SHA-256 of the JSON (sorted keys) of the role's entries in `images/versions.toml` |
@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 
+use crate::roles::Role;
 use crate::versions::Manifest;
 
 const DOMAIN: &str = "obstack-input-hash/v1";
@@ -43,28 +44,7 @@ pub struct HashInputs {
 
 /// `images/` in the checkout, or `OBSTACK_IMAGES_DIR` when set (tests bake from a copy).
 pub fn images_dir() -> PathBuf {
-    std::env::var_os("OBSTACK_IMAGES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(crate::project::images_dir)
-}
-
-/// The binaries an image of `role` ships, by file name in the artifacts directory.
-pub fn shipped_binaries(role: &str) -> &'static [&'static str] {
-    if role == "app" {
-        &["demo-app", "stack-agent"]
-    } else {
-        &["stack-agent"]
-    }
-}
-
-/// Fails with the list of valid roles when `role` is not one of them.
-pub fn check_role(role: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        crate::project::ROLES.contains(&role),
-        "unknown role `{role}`: expected one of {}",
-        crate::project::ROLES.join(", ")
-    );
-    Ok(())
+    crate::project::images_dir()
 }
 
 /// A role's inputs as named digests (label → value); their combination is the role hash.
@@ -155,12 +135,11 @@ fn describe(label: &str) -> String {
 }
 
 /// The named digests of `role`'s inputs.
-pub fn role_input_digests(role: &str, inputs: &HashInputs) -> anyhow::Result<InputDigests> {
-    check_role(role)?;
+pub fn role_input_digests(role: &Role, inputs: &HashInputs) -> anyhow::Result<InputDigests> {
     let mut entries = BTreeMap::new();
     entries.insert("base-ami".to_string(), inputs.base_ami_id.clone());
-    for binary in shipped_binaries(role) {
-        let path = inputs.artifacts_dir.join(binary);
+    for binary in role.shipped_binaries() {
+        let path = inputs.artifacts_dir.join(&binary);
         let bytes = std::fs::read(&path)
             .with_context(|| format!("cannot read the {binary} binary at {}", path.display()))?;
         entries.insert(format!("bin:{binary}"), hex::encode(Sha256::digest(&bytes)));
@@ -171,10 +150,10 @@ pub fn role_input_digests(role: &str, inputs: &HashInputs) -> anyhow::Result<Inp
     );
     entries.insert(
         "files:role".to_string(),
-        tree_digest(&inputs.images_dir, role)?,
+        tree_digest(&inputs.images_dir, &role.name)?,
     );
     let versions: BTreeMap<&str, &crate::versions::Component> =
-        inputs.manifest.for_role(role).collect();
+        inputs.manifest.for_role(&role.name).collect();
     let json =
         serde_json::to_vec(&versions).context("cannot serialise the role's versions entries")?;
     entries.insert("versions".to_string(), hex::encode(Sha256::digest(&json)));
@@ -182,36 +161,8 @@ pub fn role_input_digests(role: &str, inputs: &HashInputs) -> anyhow::Result<Inp
 }
 
 /// The input hash of `role` (hex SHA-256); see the module documentation.
-pub fn role_input_hash(role: &str, inputs: &HashInputs) -> anyhow::Result<String> {
+pub fn role_input_hash(role: &Role, inputs: &HashInputs) -> anyhow::Result<String> {
     Ok(role_input_digests(role, inputs)?.hash())
-}
-
-/// The current input hash of every role in `roles`: builds the release binaries and resolves
-/// the base AMI exactly as `cargo xtask bake` does (for `deploy`, to find this checkout's AMIs).
-pub async fn current_role_hashes(
-    client: &aws_sdk_ec2::Client,
-    roles: &[&str],
-) -> anyhow::Result<BTreeMap<String, String>> {
-    for role in roles {
-        check_role(role)?;
-    }
-    let images_dir = images_dir();
-    let manifest = Manifest::load(&images_dir.join("versions.toml"))?;
-    let artifacts_dir = tokio::task::spawn_blocking(crate::bake::artifacts::build_release)
-        .await
-        .context("the release build panicked")??;
-    let base = crate::bake::base::BaseAmiFilter::from_env();
-    let base_ami = crate::bake::base::resolve(client, &base).await?;
-    let inputs = HashInputs {
-        images_dir,
-        manifest,
-        artifacts_dir,
-        base_ami_id: base_ami.id,
-    };
-    roles
-        .iter()
-        .map(|role| Ok((role.to_string(), role_input_hash(role, &inputs)?)))
-        .collect()
 }
 
 fn length_prefixed(hasher: &mut Sha256, bytes: &[u8]) {
@@ -284,7 +235,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::project::ROLES;
+    use crate::roles::Registry;
     use crate::versions::Component;
 
     fn write(path: &Path, bytes: &[u8]) {
@@ -303,19 +254,43 @@ mod tests {
         }
     }
 
-    /// A small images tree, manifest and artifacts, like the real ones in shape.
+    /// The real registry's role names: the fixture has the same roles.
+    fn role_names() -> Vec<String> {
+        Registry::load_default()
+            .unwrap()
+            .names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    /// A small images tree (each role shipping the real registry's binaries), manifest and
+    /// artifacts, like the real ones in shape.
     fn fixture(dir: &Path) -> HashInputs {
+        let real = Registry::load_default().unwrap();
         let images = dir.join("images");
         write(
             &images.join("common/provisioners/base.sh"),
             b"#!/bin/sh\necho base\n",
         );
-        for role in ROLES {
+        for role in real.roles() {
+            let binaries: Vec<String> = role
+                .image
+                .binaries
+                .iter()
+                .map(|b| format!("\"{b}\""))
+                .collect();
+            let name = &role.name;
             write(
-                &images.join(role).join("role.toml"),
-                format!("role = \"{role}\"\n").as_bytes(),
+                &images.join(name).join("role.toml"),
+                format!(
+                    // Ends in a comment without a newline, so flipping its last byte keeps it TOML.
+                    "role = \"{name}\"\n[image]\nbinaries = [{}]\n# fixture",
+                    binaries.join(", ")
+                )
+                .as_bytes(),
             );
-            write(&images.join(role).join("rootfs/etc/motd"), role.as_bytes());
+            write(&images.join(name).join("rootfs/etc/motd"), name.as_bytes());
         }
         write(&images.join("checks/src/lib.rs"), b"// tests\n");
         write(&images.join("agent/src/main.rs"), b"fn main() {}\n");
@@ -323,7 +298,7 @@ mod tests {
         write(&artifacts.join("demo-app"), b"demo-app bytes");
         write(&artifacts.join("stack-agent"), b"agent bytes");
         let manifest = Manifest {
-            components: ROLES
+            components: role_names()
                 .iter()
                 .map(|r| (format!("{r}-thing"), component("1.0.0", r)))
                 .collect(),
@@ -336,21 +311,24 @@ mod tests {
         }
     }
 
-    fn hashes(inputs: &HashInputs) -> BTreeMap<&'static str, String> {
-        ROLES
+    fn hashes(inputs: &HashInputs) -> BTreeMap<String, String> {
+        let registry = Registry::load(&inputs.images_dir).unwrap();
+        registry
+            .roles()
             .iter()
-            .map(|r| (*r, role_input_hash(r, inputs).unwrap()))
+            .map(|r| (r.name.clone(), role_input_hash(r, inputs).unwrap()))
             .collect()
     }
 
+    fn digests_of(role: &str, inputs: &HashInputs) -> InputDigests {
+        let registry = Registry::load(&inputs.images_dir).unwrap();
+        role_input_digests(registry.role(role).unwrap(), inputs).unwrap()
+    }
+
     /// The roles whose hash differs between two snapshots.
-    fn changed(
-        before: &BTreeMap<&'static str, String>,
-        after: &BTreeMap<&'static str, String>,
-    ) -> Vec<&'static str> {
-        ROLES
-            .iter()
-            .copied()
+    fn changed(before: &BTreeMap<String, String>, after: &BTreeMap<String, String>) -> Vec<String> {
+        role_names()
+            .into_iter()
             .filter(|r| before[r] != after[r])
             .collect()
     }
@@ -374,7 +352,7 @@ mod tests {
             "the checkout's location must not count"
         );
         let distinct: std::collections::BTreeSet<_> = first.values().collect();
-        assert_eq!(distinct.len(), ROLES.len(), "{first:?}");
+        assert_eq!(distinct.len(), role_names().len(), "{first:?}");
         assert!(first.values().all(|h| crate::versions::is_sha256_hex(h)));
     }
 
@@ -382,11 +360,15 @@ mod tests {
     fn one_byte_in_one_roles_file_changes_only_that_role() {
         let dir = tempfile::tempdir().unwrap();
         let inputs = fixture(dir.path());
-        for role in ROLES {
+        for role in role_names() {
             for file in ["role.toml", "rootfs/etc/motd"] {
                 let before = hashes(&inputs);
-                flip_last_byte(&inputs.images_dir.join(role).join(file));
-                assert_eq!(changed(&before, &hashes(&inputs)), [role], "{role}/{file}");
+                flip_last_byte(&inputs.images_dir.join(&role).join(file));
+                assert_eq!(
+                    changed(&before, &hashes(&inputs)),
+                    vec![role.clone()],
+                    "{role}/{file}"
+                );
             }
         }
     }
@@ -397,15 +379,15 @@ mod tests {
         let mut inputs = fixture(dir.path());
         let before = hashes(&inputs);
         flip_last_byte(&inputs.images_dir.join("common/provisioners/base.sh"));
-        assert_eq!(changed(&before, &hashes(&inputs)), ROLES);
+        assert_eq!(changed(&before, &hashes(&inputs)), role_names());
 
         let before = hashes(&inputs);
         inputs.base_ami_id = "ami-0newer".into();
-        assert_eq!(changed(&before, &hashes(&inputs)), ROLES);
+        assert_eq!(changed(&before, &hashes(&inputs)), role_names());
 
         let before = hashes(&inputs);
         flip_last_byte(&inputs.artifacts_dir.join("stack-agent"));
-        assert_eq!(changed(&before, &hashes(&inputs)), ROLES);
+        assert_eq!(changed(&before, &hashes(&inputs)), role_names());
 
         let before = hashes(&inputs);
         flip_last_byte(&inputs.artifacts_dir.join("demo-app"));
@@ -482,7 +464,7 @@ mod tests {
     fn the_digest_tag_fits_an_aws_tag_and_names_what_changed() {
         let dir = tempfile::tempdir().unwrap();
         let mut inputs = fixture(dir.path());
-        let old = role_input_digests("app", &inputs).unwrap();
+        let old = digests_of("app", &inputs);
         assert!(old.to_tag().len() <= 256, "{}", old.to_tag());
         assert!(old.changed_since(&old.to_tag()).is_empty());
         inputs
@@ -491,12 +473,14 @@ mod tests {
             .get_mut("app-thing")
             .unwrap()
             .version = "9".into();
-        let new = role_input_digests("app", &inputs).unwrap();
+        let new = digests_of("app", &inputs);
         assert_eq!(
             new.changed_since(&old.to_tag()),
             ["its images/versions.toml entries changed"]
         );
-        assert!(check_role("nope")
+        let registry = Registry::load(&inputs.images_dir).unwrap();
+        assert!(registry
+            .role("nope")
             .unwrap_err()
             .to_string()
             .contains("unknown role `nope`"));

@@ -39,12 +39,17 @@ pub fn run(args: ImagesArgs) -> anyhow::Result<()> {
 
 /// Rows grouped by role (in the project's role order), newest first within a role.
 fn rows(amis: Vec<ami::Ami>, used: &std::collections::BTreeSet<String>) -> Vec<Row> {
-    let order = |role: &str| {
-        crate::project::ROLES
-            .iter()
-            .position(|r| *r == role)
-            .unwrap_or(usize::MAX)
-    };
+    // An AMI of a role this checkout no longer has sorts last rather than failing the list.
+    let names = crate::roles::Registry::load_default()
+        .map(|registry| {
+            registry
+                .names()
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let order = |role: &str| names.iter().position(|r| *r == role).unwrap_or(usize::MAX);
     let mut rows: Vec<Row> = amis
         .into_iter()
         .map(|a| Row {
@@ -64,31 +69,17 @@ fn rows(amis: Vec<ami::Ami>, used: &std::collections::BTreeSet<String>) -> Vec<R
 }
 
 fn table(rows: &[Row]) -> String {
-    let mut cells = vec![["ROLE", "AMI", "HASH", "CREATED", "SIZE", "IN USE"]
-        .map(String::from)
-        .to_vec()];
-    for r in rows {
-        cells.push(vec![
-            r.role.clone(),
-            r.ami_id.clone(),
-            r.input_hash.chars().take(12).collect(),
-            r.created.clone(),
-            format!("{} GiB", r.size_gib),
-            if r.in_use { "yes" } else { "no" }.to_string(),
-        ]);
-    }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| cells.iter().map(|row| row[c].len()).max().unwrap_or(0))
-        .collect();
-    cells
-        .iter()
-        .map(|row| {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            format!("{}\n", line.join("  ").trim_end())
-        })
-        .collect()
+    crate::table::render(
+        &["ROLE", "AMI", "HASH", "CREATED", "SIZE", "IN USE"],
+        rows.iter().map(|r| {
+            [
+                r.role.clone(),
+                r.ami_id.clone(),
+                r.input_hash.chars().take(12).collect(),
+                r.created.clone(),
+                format!("{} GiB", r.size_gib),
+                if r.in_use { "yes" } else { "no" }.to_string(),
+            ]
+        }),
+    )
 }

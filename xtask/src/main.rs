@@ -1,24 +1,9 @@
-//! `cargo xtask`: the operator's commands. This file only dispatches; each command
-//! lives in its own module with a `run` function, and the CLI shape lives in `cli.rs`.
-
-mod ami;
-mod bake;
-mod bench;
-mod cargo_env;
-mod cli;
-mod cmd;
-mod deploy;
-mod hash;
-mod images;
-mod packer;
-mod pin;
-mod project;
-mod prune;
-mod up;
-mod versions;
+//! `cargo xtask`: the operator's commands. This file only parses and dispatches; each
+//! command lives in its own module of the `xtask` library, and the CLI shape in `cli.rs`.
 
 use clap::Parser;
-use cli::{Cli, Command};
+use xtask::cli::{Cli, Command};
+use xtask::{bake, bench, deploy, images, pin, prune, report, up};
 
 fn main() {
     let cli = Cli::parse();
@@ -36,8 +21,7 @@ fn main() {
         Command::Ps(args) => up::run_ps(args),
     };
     if let Err(error) = result {
-        // One line for the reason chain, so the user sees what failed and why at a glance.
-        eprintln!("error: {error:#}");
+        eprintln!("error: {}", report::one_line(&error));
         std::process::exit(1);
     }
 }

@@ -40,13 +40,15 @@ impl Version {
 /// The installed Packer's version; a one-line error when it is missing or too old.
 pub fn check_installed() -> anyhow::Result<Version> {
     crate::cmd::require_tool("packer", INSTALL_HINT)?;
-    let output = duct::cmd!("packer", "version")
-        .env("CHECKPOINT_DISABLE", "1")
-        .stderr_null()
-        .read()
+    let output = crate::cmd::Cmd::new("packer", ["version"])
+        .map(|e| e.env("CHECKPOINT_DISABLE", "1"))
+        .read_quietly()
         .context("`packer version` failed; reinstall Packer")?;
     let version = Version::parse(&output).with_context(|| {
-        format!("cannot read the Packer version from {output:?}; {INSTALL_HINT}")
+        format!(
+            "cannot read the Packer version from `{}`; {INSTALL_HINT}",
+            output.lines().next().unwrap_or_default()
+        )
     })?;
     anyhow::ensure!(
         version >= MINIMUM,
@@ -61,11 +63,9 @@ pub fn init_if_needed(version: Version, images_dir: &Path) -> anyhow::Result<()>
     if version < PLUGINS_SINCE {
         return Ok(());
     }
-    use crate::cmd::ExpressionExt;
-    duct::cmd!("packer", "init", images_dir.join("plugins.pkr.hcl"))
-        .env("CHECKPOINT_DISABLE", "1")
-        .stdout_to_stderr()
-        .run_logged()
+    crate::cmd::Cmd::new("packer", ["init".into(), images_dir.join("plugins.pkr.hcl")])
+        .map(|e| e.env("CHECKPOINT_DISABLE", "1").stdout_to_stderr())
+        .run()
         .context("`packer init` could not install the Amazon plugin; check your network access to github.com")?;
     Ok(())
 }
@@ -76,7 +76,7 @@ pub fn template_dir(images_dir: &Path) -> std::path::PathBuf {
 }
 
 /// `packer build` of the template directory with a generated var file.
-pub fn build_command(template_dir: &Path, var_file: &Path, smoke: bool) -> duct::Expression {
+pub fn build_command(template_dir: &Path, var_file: &Path, smoke: bool) -> crate::cmd::Cmd {
     let mut args = vec![
         "build".to_string(),
         "-color=false".to_string(),
@@ -88,7 +88,7 @@ pub fn build_command(template_dir: &Path, var_file: &Path, smoke: bool) -> duct:
         args.push("-only=amazon-ebs.golden".to_string());
     }
     args.push(template_dir.display().to_string());
-    duct::cmd("packer", args).env("CHECKPOINT_DISABLE", "1")
+    crate::cmd::Cmd::new("packer", args).map(|e| e.env("CHECKPOINT_DISABLE", "1"))
 }
 
 #[cfg(test)]

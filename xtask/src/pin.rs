@@ -169,7 +169,7 @@ pub fn pin_file(path: &Path, targets: &[Target], fetcher: &dyn Fetch) -> anyhow:
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let updated = rewrite(&text, &pins)?;
-    write_atomically(path, &updated)?;
+    crate::atomic::write(path, &updated)?;
     Ok(pins)
 }
 
@@ -262,16 +262,6 @@ pub fn rewrite(text: &str, pins: &[Pin]) -> anyhow::Result<String> {
     // Never write a manifest the bake could not read back.
     toml::from_str::<Manifest>(&updated).context("the rewritten manifest does not parse")?;
     Ok(updated)
-}
-
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut file = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot write next to {}", path.display()))?;
-    std::io::Write::write_all(&mut file, text.as_bytes())?;
-    file.persist(path)
-        .with_context(|| format!("cannot replace {}", path.display()))?;
-    Ok(())
 }
 
 /// `--check`: every entry without a verified checksum. Fails when the baked architecture has

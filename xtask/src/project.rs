@@ -12,9 +12,11 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| manifest_dir.to_path_buf())
 }
 
-/// `images/` in the checkout.
+/// `images/` in the checkout, or `OBSTACK_IMAGES_DIR` when set (tests bake from a copy).
 pub fn images_dir() -> PathBuf {
-    root().join("images")
+    std::env::var_os("OBSTACK_IMAGES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("images"))
 }
 
 /// `target/` in the checkout (honours `CARGO_TARGET_DIR`).
@@ -23,6 +25,3 @@ pub fn target_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"))
 }
-
-/// The four image roles, in the order their services depend on each other.
-pub const ROLES: [&str; 4] = ["loki", "app", "prometheus", "grafana"];

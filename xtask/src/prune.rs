@@ -47,7 +47,7 @@ async fn prune(args: PruneArgs) -> anyhow::Result<()> {
             continue;
         }
         if let Err(error) = delete(&client, ami).await {
-            eprintln!("error: {}: {error:#}", ami.id);
+            eprintln!("error: {}: {}", ami.id, crate::report::one_line(&error));
             failures.push(ami.id.clone());
         }
     }

@@ -12,7 +12,8 @@ mod render;
 mod state;
 mod supervisor;
 
-use std::path::PathBuf;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,41 +22,41 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::cli::{DownArgs, PsArgs, UpArgs};
-use crate::cmd::ExpressionExt;
+use crate::report::one_line;
+use crate::roles::{Binary, Registry, Service};
 use crate::versions::Manifest;
-use binaries::{Found, Resolver};
-use components::{Component, Source, COMPONENTS};
+use binaries::{Found, Provide, Resolver, Upstream};
+use components::Component;
 use layout::Layout;
 use state::{Running, StackState, Unavailable};
 use supervisor::Target;
 
 pub fn run_up(args: UpArgs) -> anyhow::Result<()> {
-    let timeout = humantime::parse_duration(&args.timeout).with_context(|| {
-        format!(
-            "--timeout {:?} is not a duration like 90s or 5m",
-            args.timeout
-        )
-    })?;
+    let timeout = args.timeout;
     let layout = Layout::from_env();
     refuse_if_running(&layout)?;
 
+    let registry = Registry::load_default()?;
     let manifest = Manifest::load(&Manifest::path()).ok();
-    let (mut planned, unavailable) = resolve_all(&args, manifest.clone())?;
-    if args.require_all && !unavailable.is_empty() {
-        let missing: Vec<String> = unavailable
-            .iter()
-            .map(|u| format!("{}: {}", u.name, u.reason))
-            .collect();
-        anyhow::bail!("--require-all: {}", missing.join("; "));
+    let (mut planned, left_out) = resolve_all(&args, &registry, manifest.clone())?;
+    // Each left-out component once, on one line, with what provides it.
+    for item in &left_out {
+        eprintln!("{}", item.line());
+    }
+    if args.require_all && !left_out.is_empty() {
+        let names: Vec<&str> = left_out.iter().map(|l| l.name.as_str()).collect();
+        anyhow::bail!(
+            "--require-all, and {} cannot run (see above)",
+            names.join(", ")
+        );
     }
     for (component, _) in &planned {
-        ports::check_free(component.name, component.port)?;
+        ports::check_free(component.name(), component.port())?;
     }
     build_workspace_binaries(&mut planned)?;
 
-    let mut roles: Vec<&str> = planned.iter().map(|(c, _)| c.role).collect();
-    roles.dedup();
-    render::render_roles(&layout, &crate::project::images_dir(), &roles, &COMPONENTS)?;
+    let running: BTreeSet<&str> = planned.iter().map(|(c, _)| c.name()).collect();
+    render::render_roles(&layout, &registry, &running)?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -69,7 +70,7 @@ pub fn run_up(args: UpArgs) -> anyhow::Result<()> {
             detached: args.detach,
             supervisor_pid: std::process::id(),
             components: Vec::new(),
-            unavailable,
+            unavailable: left_out.iter().map(LeftOut::unavailable).collect(),
         },
     };
     let started = stack
@@ -79,7 +80,7 @@ pub fn run_up(args: UpArgs) -> anyhow::Result<()> {
         stack.stop_all();
         return Err(error);
     }
-    print_summary(&stack.state, &planned, &layout, manifest.as_ref());
+    print_summary(&planned, &left_out, &layout, manifest.as_ref());
     if args.detach {
         eprintln!("\nDetached: `cargo xtask ps` shows the stack, `cargo xtask down` stops it.");
         return Ok(());
@@ -134,7 +135,7 @@ pub fn run_down(_args: DownArgs) -> anyhow::Result<()> {
         } else {
             "stopped"
         };
-        eprintln!("{:14} {how} (pid {})", target.name, target.pid);
+        eprintln!("{}: {how} (pid {})", target.name, target.pid);
     }
     Ok(())
 }
@@ -175,31 +176,36 @@ pub fn run_ps(args: PsArgs) -> anyhow::Result<()> {
         println!("No local stack is running (start one with `cargo xtask up`).");
         return Ok(());
     }
-    println!(
-        "{:14} {:>8} {:>6}  {:10} URL",
-        "COMPONENT", "PID", "PORT", "STATUS"
+    let mut table: Vec<[String; 5]> = rows
+        .iter()
+        .map(|row| {
+            let status = match (row["running"] == true, row["healthy"] == true) {
+                (true, true) => "healthy",
+                (true, false) => "unhealthy",
+                _ => "stopped",
+            };
+            [
+                row["name"].as_str().unwrap_or("?").to_string(),
+                row["pid"].to_string(),
+                row["port"].to_string(),
+                status.to_string(),
+                row["url"].as_str().unwrap_or("").to_string(),
+            ]
+        })
+        .collect();
+    table.extend(unavailable.iter().map(|item| {
+        [
+            item.name.clone(),
+            "-".into(),
+            "-".into(),
+            "unavailable".into(),
+            item.reason.clone(),
+        ]
+    }));
+    print!(
+        "{}",
+        crate::table::render(&["COMPONENT", "PID", "PORT", "STATUS", "URL"], table)
     );
-    for row in &rows {
-        let status = match (row["running"] == true, row["healthy"] == true) {
-            (true, true) => "healthy",
-            (true, false) => "unhealthy",
-            _ => "stopped",
-        };
-        println!(
-            "{:14} {:>8} {:>6}  {:10} {}",
-            row["name"].as_str().unwrap_or("?"),
-            row["pid"],
-            row["port"],
-            status,
-            row["url"].as_str().unwrap_or("")
-        );
-    }
-    for item in unavailable {
-        println!(
-            "{:14} {:>8} {:>6}  {:10} {}",
-            item.name, "-", "-", "unavailable", item.reason
-        );
-    }
     Ok(())
 }
 
@@ -223,11 +229,11 @@ impl Stack {
                 Some(file) => render::read_env_file(&self.layout.in_root(file))?,
                 None => Vec::new(),
             };
-            let log = self.layout.log(component.name);
+            let log = self.layout.log(component.name());
             let launch = supervisor::Launch {
-                name: component.name,
+                name: component.name(),
                 binary: &found.path,
-                args: component.args(&found.path, &self.layout, &env),
+                args: component.args(&found.path, &self.layout, &env)?,
                 env,
                 log: log.clone(),
                 cwd: self.layout.dir(),
@@ -239,10 +245,10 @@ impl Stack {
             // wait reports with its exit status.
             let start_time = supervisor::start_time(pid).unwrap_or_default();
             self.state.components.push(Running {
-                name: component.name.to_string(),
+                name: component.name().to_string(),
                 pid,
                 start_time,
-                port: component.port,
+                port: component.port(),
                 url: component.url(),
                 health_url: component.health_url(),
                 binary: found.path.clone(),
@@ -303,12 +309,12 @@ impl Stack {
         });
         for name in killed {
             eprintln!(
-                "{name} ignored SIGTERM for {:?} and was killed",
-                supervisor::STOP_GRACE
+                "{name} ignored SIGTERM for {} and was killed",
+                humantime::format_duration(supervisor::STOP_GRACE)
             );
         }
         if let Err(error) = StackState::remove(&self.layout.state_file()) {
-            eprintln!("warning: {error:#}");
+            eprintln!("warning: {}", one_line(&error));
         }
     }
 }
@@ -354,13 +360,93 @@ fn refuse_if_running(layout: &Layout) -> anyhow::Result<()> {
 }
 
 /// The components to start, each with its binary.
-type Planned = Vec<(Component, Found)>;
+type Planned<'a> = Vec<(Component<'a>, Found)>;
 
-/// Finds every component's binary; workspace binaries get their path when they are built.
-fn resolve_all(
+/// A component `up` does not start, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LeftOut {
+    name: String,
+    /// `not available` (no binary) or `not started` (something it needs does not run).
+    what: &'static str,
+    why: String,
+    /// What provides it, when that is the fix.
+    hint: Option<String>,
+}
+
+impl LeftOut {
+    /// `loki: not available (not on PATH, no download with --offline); pass --loki PATH or
+    /// set STACK_LOKI_BIN`.
+    fn line(&self) -> String {
+        let hint = self
+            .hint
+            .as_ref()
+            .map(|hint| format!("; {hint}"))
+            .unwrap_or_default();
+        format!("{}: {} ({}){hint}", self.name, self.what, self.why)
+    }
+
+    /// As `state.json` and `ps` keep it.
+    fn unavailable(&self) -> Unavailable {
+        let reason = match &self.hint {
+            Some(hint) => format!("{}; {hint}", self.why),
+            None => self.why.clone(),
+        };
+        Unavailable {
+            name: self.name.clone(),
+            reason,
+        }
+    }
+}
+
+/// The `up` flags naming a binary, by the service they provide (clap also reads each one's
+/// `STACK_<NAME>_BIN`). A service without a flag here is given by its variable alone.
+fn binary_flags(args: &UpArgs) -> BTreeMap<&'static str, Option<&Path>> {
+    BTreeMap::from([
+        ("prometheus", args.prometheus.as_deref()),
+        ("loki", args.loki.as_deref()),
+        ("promtail", args.promtail.as_deref()),
+        ("grafana", args.grafana.as_deref()),
+        ("node_exporter", args.node_exporter.as_deref()),
+    ])
+}
+
+/// How `service`'s binary is given, and the explicit path if it is.
+fn explicit_binary(
+    flags: &BTreeMap<&'static str, Option<&Path>>,
+    service: &Service,
+) -> (Provide, Option<PathBuf>) {
+    let env_var = service.up_env_var();
+    match flags.get(service.name.as_str()) {
+        Some(path) => (
+            Provide {
+                flag: Some(service.up_flag()),
+                env_var,
+            },
+            path.map(Path::to_path_buf),
+        ),
+        None => {
+            let path = std::env::var_os(&env_var)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from);
+            (
+                Provide {
+                    flag: None,
+                    env_var,
+                },
+                path,
+            )
+        }
+    }
+}
+
+/// Finds every component's binary (workspace binaries get their path when they are built),
+/// then leaves out whatever needs a component that does not run. Both lists keep the
+/// registry's start order.
+fn resolve_all<'a>(
     args: &UpArgs,
+    registry: &'a Registry,
     manifest: Option<Manifest>,
-) -> anyhow::Result<(Planned, Vec<Unavailable>)> {
+) -> anyhow::Result<(Planned<'a>, Vec<LeftOut>)> {
     let resolver = Resolver {
         offline: args.offline,
         cache_dir: args
@@ -369,11 +455,21 @@ fn resolve_all(
             .unwrap_or_else(binaries::default_cache_dir),
         manifest,
     };
+    let flags = binary_flags(args);
+    let (components, not_runnable) = Component::all(registry);
     let mut planned = Vec::new();
-    let mut unavailable = Vec::new();
-    for component in COMPONENTS {
-        let upstream = match &component.source {
-            Source::Workspace { .. } => {
+    let mut left_out: Vec<LeftOut> = not_runnable
+        .iter()
+        .map(|service| LeftOut {
+            name: service.name.clone(),
+            what: "not started",
+            why: "its role.toml has no [services.up] saying how to run it locally".into(),
+            hint: None,
+        })
+        .collect();
+    for component in components {
+        let (upstream, explicit) = match component.binary()? {
+            Binary::Workspace { .. } => {
                 let pending = Found {
                     path: PathBuf::new(),
                     origin: "built from the checkout".into(),
@@ -381,30 +477,73 @@ fn resolve_all(
                 planned.push((component, pending));
                 continue;
             }
-            Source::Upstream(upstream) => upstream,
+            Binary::Upstream {
+                component: manifest_name,
+                path_names,
+                archive_names,
+            } => {
+                let (provide, explicit) = explicit_binary(&flags, component.service);
+                let upstream = Upstream {
+                    component: manifest_name,
+                    path_names,
+                    archive_names,
+                    provide,
+                };
+                (upstream, explicit)
+            }
         };
-        match resolver.resolve(upstream, explicit_path(args, component.name))? {
+        match resolver.resolve(&upstream, explicit.as_deref())? {
             Ok(found) => planned.push((component, found)),
-            Err(reason) => unavailable.push(Unavailable {
-                name: component.name.to_string(),
-                reason,
+            Err(why) => left_out.push(LeftOut {
+                name: component.name().to_string(),
+                what: "not available",
+                why,
+                hint: Some(upstream.provide.hint()),
             }),
         }
     }
-    for item in &unavailable {
-        eprintln!("{} is unavailable: {}", item.name, item.reason);
-    }
-    Ok((planned, unavailable))
+    leave_out_unmet_needs(&mut planned, &mut left_out);
+    let order: Vec<&str> = registry
+        .services()
+        .into_iter()
+        .map(|(_, s)| s.name.as_str())
+        .collect();
+    left_out.sort_by_key(|item| order.iter().position(|name| *name == item.name));
+    Ok((planned, left_out))
 }
 
-fn explicit_path<'a>(args: &'a UpArgs, name: &str) -> Option<&'a std::path::Path> {
-    match name {
-        "prometheus" => args.prometheus.as_deref(),
-        "loki" => args.loki.as_deref(),
-        "promtail" => args.promtail.as_deref(),
-        "grafana" => args.grafana.as_deref(),
-        "node_exporter" => args.node_exporter.as_deref(),
-        _ => None,
+/// Moves to `left_out` every planned component that needs one that does not run, until
+/// nothing changes (leaving one out may leave out what needs it).
+fn leave_out_unmet_needs(planned: &mut Planned, left_out: &mut Vec<LeftOut>) {
+    loop {
+        let runs: BTreeSet<&str> = planned.iter().map(|(c, _)| c.name()).collect();
+        let unmet = |component: &Component| -> Vec<String> {
+            component
+                .needs()
+                .iter()
+                .filter(|need| !runs.contains(need.as_str()))
+                .cloned()
+                .collect()
+        };
+        let Some((index, missing)) = planned
+            .iter()
+            .enumerate()
+            .map(|(index, (component, _))| (index, unmet(component)))
+            .find(|(_, missing)| !missing.is_empty())
+        else {
+            return;
+        };
+        let (component, _) = planned.remove(index);
+        left_out.push(LeftOut {
+            name: component.name().to_string(),
+            what: "not started",
+            why: format!(
+                "it needs {}, which {} not run",
+                missing.join(" and "),
+                if missing.len() == 1 { "does" } else { "do" }
+            ),
+            hint: None,
+        });
     }
 }
 
@@ -412,10 +551,10 @@ fn explicit_path<'a>(args: &'a UpArgs, name: &str) -> Option<&'a std::path::Path
 /// and fills in their paths.
 fn build_workspace_binaries(planned: &mut [(Component, Found)]) -> anyhow::Result<()> {
     for (component, found) in planned.iter_mut() {
-        if let Source::Workspace { package, bin } = component.source {
-            crate::cmd::cargo(["build", "--quiet", "-p", package, "--bin", bin])
-                .dir(crate::project::root())
-                .run_logged()
+        if let Binary::Workspace { package, bin } = component.binary()? {
+            crate::cmd::Cmd::cargo(["build", "--quiet", "-p", package, "--bin", bin])
+                .map(|e| e.dir(crate::project::root()))
+                .run()
                 .with_context(|| format!("cannot build {package}"))?;
             found.path = crate::project::target_dir().join("debug").join(bin);
         }
@@ -424,40 +563,41 @@ fn build_workspace_binaries(planned: &mut [(Component, Found)]) -> anyhow::Resul
 }
 
 fn print_summary(
-    state: &StackState,
     planned: &[(Component, Found)],
+    left_out: &[LeftOut],
     layout: &Layout,
     manifest: Option<&Manifest>,
 ) {
     println!("\nThe stack runs on 127.0.0.1:");
-    for (component, found) in planned {
-        let extra = if component.name == "grafana" {
-            format!(
-                "  login admin, password: cat {}",
-                layout
-                    .in_root("/etc/grafana/secrets/admin_password")
-                    .display()
-            )
-        } else {
-            String::new()
-        };
-        println!(
-            "  {:14} {:24} {} {}{extra}",
-            component.name,
+    let rows = planned.iter().map(|(component, found)| {
+        [
+            component.name().to_string(),
             component.url(),
-            found.origin,
-            found.path.display()
+            format!("{} ({})", found.path.display(), found.origin),
+        ]
+    });
+    print!(
+        "{}",
+        crate::table::render(&["COMPONENT", "URL", "BINARY"], rows)
+    );
+    if planned.iter().any(|(c, _)| c.name() == "grafana") {
+        println!(
+            "Grafana: login admin, password: cat {}",
+            layout
+                .in_root("/etc/grafana/secrets/admin_password")
+                .display()
         );
     }
-    if !state.unavailable.is_empty() {
-        println!("Not running:");
-        for item in &state.unavailable {
-            println!("  {:14} {}", item.name, item.reason);
-        }
+    if !left_out.is_empty() {
+        let names: Vec<&str> = left_out.iter().map(|l| l.name.as_str()).collect();
+        println!("Not running: {} (see above)", names.join(", "));
     }
+    let running: BTreeSet<&str> = planned.iter().map(|(c, _)| c.name()).collect();
     for (name, component) in manifest.iter().flat_map(|m| &m.components) {
         if let Some(note) = &component.note {
-            println!("Note ({name}): {note}");
+            if running.contains(name.as_str()) {
+                println!("Note ({name}): {note}");
+            }
         }
     }
     println!(
@@ -465,4 +605,125 @@ fn print_summary(
         layout.root().display(),
         layout.dir().join("logs").display()
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn up_args(argv: &[&str]) -> UpArgs {
+        let argv = ["xtask", "up"].iter().chain(argv);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Up(args) => args,
+            _ => unreachable!("parsed `up`"),
+        }
+    }
+
+    #[test]
+    fn each_binary_flag_is_the_services_flag_and_variable() {
+        let registry = Registry::load_default().unwrap();
+        let cli = Cli::command();
+        let up = cli.find_subcommand("up").unwrap();
+        let args = up_args(&[]);
+        for name in binary_flags(&args).keys() {
+            let (_, service) = registry
+                .services()
+                .into_iter()
+                .find(|(_, s)| s.name == *name)
+                .unwrap_or_else(|| panic!("`{name}` is not a service of the registry"));
+            let flag = service.up_flag();
+            let arg = up
+                .get_arguments()
+                .find(|a| a.get_long().map(|l| format!("--{l}")) == Some(flag.clone()))
+                .unwrap_or_else(|| panic!("`up` has no {flag}"));
+            assert_eq!(
+                arg.get_env().and_then(|e| e.to_str()),
+                Some(service.up_env_var().as_str()),
+                "{flag}"
+            );
+            let given = up_args(&[&flag, "/opt/x"]);
+            let (provide, path) = explicit_binary(&binary_flags(&given), service);
+            assert_eq!(path.as_deref(), Some(Path::new("/opt/x")), "{flag}");
+            assert_eq!(provide.flag.as_deref(), Some(flag.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_service_without_a_flag_is_given_by_its_variable() {
+        let service = Service {
+            name: "obstack_test_thing".into(),
+            unit: "thing.service".into(),
+            port: 1,
+            health: "/".into(),
+            up: None,
+        };
+        let (provide, path) = explicit_binary(&binary_flags(&up_args(&[])), &service);
+        assert_eq!(provide.flag, None);
+        assert_eq!(provide.env_var, "STACK_OBSTACK_TEST_THING_BIN");
+        assert_eq!(provide.hint(), "set STACK_OBSTACK_TEST_THING_BIN");
+        assert_eq!(path, None);
+    }
+
+    #[test]
+    fn a_component_left_out_is_one_line_with_what_provides_it() {
+        let loki = LeftOut {
+            name: "loki".into(),
+            what: "not available",
+            why: "not on PATH, no download with --offline".into(),
+            hint: Some("pass --loki PATH or set STACK_LOKI_BIN".into()),
+        };
+        assert_eq!(
+            loki.line(),
+            "loki: not available (not on PATH, no download with --offline); pass --loki PATH \
+             or set STACK_LOKI_BIN"
+        );
+        assert_eq!(
+            loki.unavailable().reason,
+            "not on PATH, no download with --offline; pass --loki PATH or set STACK_LOKI_BIN"
+        );
+    }
+
+    #[test]
+    fn what_needs_a_missing_component_is_left_out_too() {
+        let registry = Registry::load_default().unwrap();
+        let found = || Found {
+            path: "/bin/true".into(),
+            origin: "test".into(),
+        };
+        let without = |missing: &[&str]| {
+            let mut planned: Planned = Component::all(&registry)
+                .0
+                .into_iter()
+                .filter(|c| !missing.contains(&c.name()))
+                .map(|c| (c, found()))
+                .collect();
+            let mut left_out = Vec::new();
+            leave_out_unmet_needs(&mut planned, &mut left_out);
+            let runs: Vec<&str> = planned.iter().map(|(c, _)| c.name()).collect();
+            let lines: Vec<String> = left_out.iter().map(LeftOut::line).collect();
+            (runs.join(" "), lines)
+        };
+        assert_eq!(
+            without(&[]).0,
+            "loki app promtail prometheus grafana node_exporter"
+        );
+        let (runs, lines) = without(&["loki"]);
+        assert_eq!(runs, "app prometheus node_exporter");
+        assert_eq!(
+            lines,
+            [
+                "promtail: not started (it needs loki, which does not run)",
+                "grafana: not started (it needs loki, which does not run)"
+            ]
+        );
+        let (runs, lines) = without(&["loki", "prometheus"]);
+        assert_eq!(runs, "app node_exporter");
+        assert_eq!(
+            lines[1],
+            "grafana: not started (it needs prometheus and loki, which do not run)"
+        );
+    }
 }

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 /// The marker for a checksum nobody has verified against upstream's published file.
 pub const UNVERIFIED: &str = "unverified";
 
+/// In a component's `roles`: every role the registry has, so a new role needs no edit here.
+pub const EVERY_ROLE: &str = "*";
+
 /// CPU architectures, named as upstream release files name them.
 pub const ARCHES: [&str; 2] = ["amd64", "arm64"];
 
@@ -25,7 +28,7 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct Component {
     pub version: String,
-    /// The image roles that ship this component.
+    /// The image roles that ship this component; [`EVERY_ROLE`] for all of them.
     pub roles: Vec<String>,
     /// Download URL template; `{version}` and `{arch}` are substituted.
     pub url: String,
@@ -54,7 +57,7 @@ impl Manifest {
     pub fn for_role<'a>(&'a self, role: &'a str) -> impl Iterator<Item = (&'a str, &'a Component)> {
         self.components
             .iter()
-            .filter(move |(_, c)| c.roles.iter().any(|r| r == role))
+            .filter(move |(_, c)| c.roles.iter().any(|r| r == role || r == EVERY_ROLE))
             .map(|(name, c)| (name.as_str(), c))
     }
 }
@@ -116,11 +119,12 @@ mod tests {
     #[test]
     fn the_checked_in_manifest_parses_and_every_role_is_known() {
         let manifest = Manifest::load(&Manifest::path()).unwrap();
+        let registry = crate::roles::Registry::load_default().unwrap();
         assert!(!manifest.components.is_empty());
         for (name, component) in &manifest.components {
             for role in &component.roles {
                 assert!(
-                    crate::project::ROLES.contains(&role.as_str()),
+                    role == EVERY_ROLE || registry.contains(role),
                     "{name}: unknown role {role}"
                 );
             }

@@ -5,7 +5,7 @@ mod bake_support;
 
 use std::time::{Duration, Instant};
 
-use bake_support::{describe, flip_last_byte, states, tags, Sandbox, StallingEc2, ROLES};
+use bake_support::{describe, flip_last_byte, roles, states, tags, Sandbox, StallingEc2};
 
 #[test]
 fn preflight_errors_are_one_line_and_nothing_is_created() {
@@ -25,11 +25,12 @@ fn preflight_errors_are_one_line_and_nothing_is_created() {
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .output()
         .unwrap();
+    let unknown_role = format!(
+        "unknown role `nginx`: expected one of {}",
+        roles().join(", ")
+    );
     for (output, expected) in [
-        (
-            &unknown,
-            "unknown role `nginx`: expected one of loki, app, prometheus, grafana",
-        ),
+        (&unknown, unknown_role.as_str()),
         (&no_packer, "`packer` is not on PATH"),
         (&no_credentials, "no AWS credentials"),
     ] {
@@ -49,7 +50,7 @@ fn existing_hashes_are_skipped_and_one_changed_role_is_the_only_one_baked() {
     let (output, plan) = sandbox.bake_json(&["--smoke", "--dry-run"]);
     assert!(output.status.success(), "{}", describe(&output));
     let planned = states(&plan);
-    assert_eq!(planned.len(), ROLES.len());
+    assert_eq!(planned.len(), roles().len());
     for (role, (state, hash, _)) in &planned {
         assert_eq!(state, "would-build", "{role}");
         sandbox.register(
@@ -58,7 +59,7 @@ fn existing_hashes_are_skipped_and_one_changed_role_is_the_only_one_baked() {
             &format!("obstack-{role}-{}-20260101000000", &hash[..12]),
         );
     }
-    assert!(sandbox.project_images().len() == ROLES.len());
+    assert!(sandbox.project_images().len() == roles().len());
 
     // Every hash exists: nothing is built, no instance is launched.
     let (output, summary) = sandbox.bake_json(&["--smoke"]);
@@ -73,14 +74,16 @@ fn existing_hashes_are_skipped_and_one_changed_role_is_the_only_one_baked() {
         0,
         "a no-op bake launched an instance"
     );
-    assert_eq!(sandbox.project_images().len(), ROLES.len());
+    assert_eq!(sandbox.project_images().len(), roles().len());
 
-    // One byte of one role's file: exactly that role is baked.
-    flip_last_byte(&sandbox.images().join("loki").join("role.toml"));
+    // One byte of one role's file: exactly that role is baked. (A template: xtask reads
+    // role.toml itself, so a byte flipped there would be a parse error, not a change.)
+    let loki_template = sandbox.images().join("loki/templates/loki.yaml.j2");
+    flip_last_byte(&loki_template);
     let (output, summary) = sandbox.bake_json(&["--smoke"]);
     assert!(output.status.success(), "{}", describe(&output));
     let after = states(&summary);
-    for role in ROLES {
+    for role in roles() {
         let expected = if role == "loki" {
             "built"
         } else {
@@ -94,7 +97,7 @@ fn existing_hashes_are_skipped_and_one_changed_role_is_the_only_one_baked() {
         );
     }
     let images = sandbox.project_images();
-    assert_eq!(images.len(), ROLES.len() + 1);
+    assert_eq!(images.len(), roles().len() + 1);
     let new_loki = images
         .iter()
         .find(|i| i.image_id() == after["loki"].2.as_deref())
@@ -108,7 +111,7 @@ fn existing_hashes_are_skipped_and_one_changed_role_is_the_only_one_baked() {
     );
 
     // The plan now explains a further change by input, against that newest AMI.
-    flip_last_byte(&sandbox.images().join("loki").join("role.toml"));
+    flip_last_byte(&loki_template);
     std::fs::write(
         sandbox.dir.path().join("artifacts/stack-agent"),
         b"a newer agent",
@@ -134,14 +137,14 @@ fn a_smoke_bake_builds_every_role_into_moto_in_parallel_with_the_contract_tags()
     assert!(output.status.success(), "{}", describe(&output));
     let result = states(&summary);
     let images = sandbox.project_images();
-    assert_eq!(images.len(), ROLES.len(), "{images:#?}");
+    assert_eq!(images.len(), roles().len(), "{images:#?}");
     let revision = std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .current_dir(testkit::workspace_root())
         .output()
         .unwrap();
     let revision = String::from_utf8_lossy(&revision.stdout).trim().to_string();
-    for role in ROLES {
+    for role in roles() {
         let (state, hash, ami) = &result[role];
         assert_eq!(state, "built", "{role}");
         let image = images
@@ -220,7 +223,7 @@ fn ctrl_c_during_a_bake_reaches_every_packer_which_cleans_up_before_the_bake_exi
     // Wait until every role's Packer has launched its builder, then interrupt as a terminal
     // would.
     let deadline = Instant::now() + Duration::from_secs(180);
-    while sandbox.all_instances() < ROLES.len() {
+    while sandbox.all_instances() < roles().len() {
         assert!(
             Instant::now() < deadline,
             "not every role launched a builder"
@@ -231,7 +234,7 @@ fn ctrl_c_during_a_bake_reaches_every_packer_which_cleans_up_before_the_bake_exi
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(sandbox.live_instances(), ROLES.len());
+    assert_eq!(sandbox.live_instances(), roles().len());
     let status = std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -252,7 +255,7 @@ fn ctrl_c_during_a_bake_reaches_every_packer_which_cleans_up_before_the_bake_exi
     let summary: serde_json::Value =
         serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", describe(&output)));
     let result = states(&summary);
-    assert_eq!(result.len(), ROLES.len(), "the summary names every role");
+    assert_eq!(result.len(), roles().len(), "the summary names every role");
     for (role, (state, ..)) in &result {
         assert_eq!(state, "interrupted", "{role}: {}", describe(&output));
     }

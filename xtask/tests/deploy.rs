@@ -24,11 +24,11 @@ fn error_line(output: &Output) -> String {
         .rfind(|l| l.starts_with("error: "))
         .unwrap_or_else(|| panic!("no `error:` line in:\n{stderr}"))
         .to_string();
-    assert_eq!(
-        stderr.lines().last(),
-        Some(line.as_str()),
-        "the error is the last line"
-    );
+    // clap ends its own (parse-time) errors with a pointer to --help.
+    let last = stderr
+        .lines()
+        .rfind(|l| !l.trim().is_empty() && !l.starts_with("For more information, try"));
+    assert_eq!(last, Some(line.as_str()), "the error is the last line");
     line
 }
 
@@ -51,8 +51,10 @@ fn deploy_without_a_bake_says_to_bake_and_writes_nothing() {
     moto.apply_env(&mut command);
     let output = command.output().unwrap();
     let line = error_line(&output);
-    assert!(line.contains("no AMI for role loki"), "{line}");
-    assert!(line.contains("no AMI for role grafana"), "{line}");
+    let registry = xtask::roles::Registry::load(&testkit::workspace_root().join("images")).unwrap();
+    for role in registry.names() {
+        assert!(line.contains(&format!("no AMI for role {role}")), "{line}");
+    }
     assert!(line.contains("run `cargo xtask bake` first"), "{line}");
     assert!(
         !scratch.path().join("deploy").exists(),
@@ -75,7 +77,7 @@ fn bad_flags_are_refused_before_touching_aws() {
         ),
         (
             &["deploy", "--health-timeout", "soon", "--var-file", &vars],
-            "--health-timeout soon: not a duration",
+            "invalid value 'soon' for '--health-timeout <HEALTH_TIMEOUT>': expected number at 0; write a duration like 90s, 10m or 1h",
         ),
         (
             &["deploy", "--var-file", "/nonexistent/x.tfvars"],

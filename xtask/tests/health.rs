@@ -1,18 +1,12 @@
 //! The deploy health waiter against real services on loopback: the demo app and a real
 //! Prometheus scraping it.
 
-// The waiter is compiled straight from the xtask source (it depends on external crates
-// only), since xtask is a binary crate; the checks are data, so they point at loopback.
-#[allow(dead_code)]
-#[path = "../src/deploy/health.rs"]
-mod health;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use health::{Check, Checker, PrometheusApi, WaitOptions};
+use xtask::deploy::health::{self, Check, Checker, PrometheusApi, WaitOptions};
 
 /// A child process killed when dropped, so a failing test leaves nothing running.
 struct Running(Child);

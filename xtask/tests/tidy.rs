@@ -53,6 +53,12 @@ fn every_workspace_crate_describes_itself() {
             "{} has no `description`",
             manifest.display()
         );
+        // One MSRV for the workspace, checked by clippy's incompatible_msrv in scripts/test.sh.
+        assert!(
+            text.contains("\nrust-version.workspace = true"),
+            "{} does not inherit the workspace's rust-version",
+            manifest.display()
+        );
     }
 }
 

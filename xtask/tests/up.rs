@@ -181,10 +181,39 @@ fn up_runs_the_app_and_prometheus_detached_and_in_the_foreground_and_stops_clean
             reason.contains(flag) && reason.contains("--offline"),
             "{reason}"
         );
+        // Reported once, on one line, with the flag that provides it.
+        let line = format!("{name}: not available (");
+        let output = format!("{up_stderr}{summary}");
+        assert_eq!(output.matches(&line).count(), 1, "{output}");
+        let reported = up_stderr.lines().find(|l| l.starts_with(&line)).unwrap();
         assert!(
-            up_stderr.contains(&format!("{name} is unavailable")),
-            "{up_stderr}"
+            reported.contains(&format!("pass {flag} PATH or set STACK_")),
+            "{reported}"
         );
+    }
+    for noise in ["Io(", "EnvRemove", "Cmd("] {
+        assert!(!up_stderr.contains(noise), "{up_stderr}");
+    }
+    let running: Vec<&str> = ps["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+
+    // `ps` as a person reads it: aligned columns.
+    let table = xtask.run(&["ps"]);
+    assert!(table.status.success(), "{}", text(&table.stderr));
+    let table = text(&table.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("COMPONENT"), "{table}");
+    let status_column = lines[0].find("STATUS").unwrap();
+    for name in &running {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("ps lists no {name}:\n{table}"));
+        assert_eq!(row.find("healthy"), Some(status_column), "{table}");
     }
 
     // Prometheus, configured by the prometheus role's template, scrapes the app.
@@ -201,6 +230,40 @@ fn up_runs_the_app_and_prometheus_detached_and_in_the_foreground_and_stops_clean
                 .map(|t| assert_eq!(t["scrapeUrl"], "http://127.0.0.1:5000/metrics"))
         },
     );
+    // Prometheus scrapes exactly what runs, each target once: nothing that is not running
+    // shows as a target that is down.
+    let targets = get_json(&client, "http://127.0.0.1:9090/api/v1/targets").unwrap();
+    let mut scraped: Vec<(String, String)> = targets["data"]["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let job = t["labels"]["job"].as_str().unwrap().to_string();
+            (job, t["scrapeUrl"].as_str().unwrap().to_string())
+        })
+        .collect();
+    scraped.sort();
+    fn job_of(component: &str) -> &str {
+        match component {
+            "app" => "demo-app",
+            "node_exporter" => "node",
+            other => other,
+        }
+    }
+    let mut expected: Vec<(String, String)> = ps["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().unwrap();
+            (
+                job_of(name).to_string(),
+                format!("http://127.0.0.1:{}/metrics", c["port"]),
+            )
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(scraped, expected, "{targets}");
     for _ in 0..5 {
         let response = client.get("http://127.0.0.1:5000/api/data").send().unwrap();
         assert!(response.status().is_success());

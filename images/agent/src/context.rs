@@ -18,6 +18,9 @@ pub struct Context {
     pub bind_address: String,
     /// Only peers whose tag is present; test optional ones with `is defined`.
     pub peers: BTreeMap<String, PeerAddress>,
+    /// Services this deployment does not run (tag `obstack:absent`; empty on EC2), in the
+    /// tag's order: `{% if "promtail" not in absent %}`.
+    pub absent: Vec<String>,
     /// `<file-stem>_path` → rendered path of each secret file (fetched or generated).
     pub secrets: BTreeMap<String, String>,
 }
@@ -27,7 +30,8 @@ pub struct Context {
 /// Bad values are reported before missing ones: a bad value never fixes itself, so waiting
 /// for the other tags would only delay the error. Missing required peers are an error here;
 /// the tags naming secrets are checked when present but their absence is left to the caller,
-/// which is the one fetching secrets.
+/// which is the one fetching secrets. A peer named in `obstack:absent` is known not to run:
+/// it must have no address tag, is never missing, and is not in `peers`.
 pub fn build(
     spec: &RoleSpec,
     tags: &Tags,
@@ -46,17 +50,33 @@ pub fn build(
                 .map_err(|reason| AgentError::bad_tag(&secret.name_tag, reason))?;
         }
     }
+    let absent = match tags.get(tags::ABSENT) {
+        Some(raw) => {
+            tags::parse_absent(raw).map_err(|reason| AgentError::bad_tag(tags::ABSENT, reason))?
+        }
+        None => Vec::new(),
+    };
     let mut peers = BTreeMap::new();
     let mut missing = Vec::new();
     for (name, peer) in &spec.peers {
         let key = tags::peer_key(name);
+        let is_absent = absent.contains(name);
         match tags.get(&key) {
+            Some(_) if is_absent => {
+                return Err(AgentError::bad_tag(
+                    tags::ABSENT,
+                    format!(
+                        "names `{name}`, but `{key}` gives its address; a service either runs \
+                         (and has an address) or is absent"
+                    ),
+                ))
+            }
             Some(raw) => {
                 let address = PeerAddress::parse(raw, peer.port)
                     .map_err(|reason| AgentError::bad_tag(&key, reason))?;
                 peers.insert(name.clone(), address);
             }
-            None if peer.required => missing.push(key),
+            None if peer.required && !is_absent => missing.push(key),
             None => {}
         }
     }
@@ -75,14 +95,93 @@ pub fn build(
         root: root.trim_end_matches('/').to_string(),
         bind_address,
         peers,
+        absent,
         secrets,
     })
 }
 
-/// Every required tag (peers and secret names) absent from `tags`, for the wait loop.
+/// Every required tag (peers and secret names) absent from `tags`, for the wait loop. A
+/// peer that `obstack:absent` names is not waited for: it will never come.
 pub fn missing_tags(spec: &RoleSpec, tags: &Tags) -> Vec<String> {
+    // A malformed list is `build`'s error to report; here it excuses nothing.
+    let absent: Vec<String> = tags
+        .get(tags::ABSENT)
+        .and_then(|raw| tags::parse_absent(raw).ok())
+        .unwrap_or_default();
+    let excused: Vec<String> = absent.iter().map(|name| tags::peer_key(name)).collect();
     spec.required_tags()
         .into_iter()
-        .filter(|key| !tags.contains_key(key))
+        .filter(|key| !tags.contains_key(key) && !excused.contains(key))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RoleSpec {
+        toml::from_str(
+            "role = \"watcher\"\n\
+             [peers.app]\nport = 5000\nrequired = true\n\
+             [peers.loki]\nport = 3100\n",
+        )
+        .unwrap()
+    }
+
+    fn tags(pairs: &[(&str, &str)]) -> Tags {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn without_the_absent_tag_nothing_is_absent() {
+        let context = build(
+            &spec(),
+            &tags(&[("obstack:peer:app", "10.0.0.1")]),
+            "",
+            "i-1",
+        )
+        .unwrap();
+        assert!(context.absent.is_empty());
+        assert_eq!(context.peers["app"].address, "10.0.0.1:5000");
+    }
+
+    #[test]
+    fn an_absent_required_peer_is_neither_missing_nor_defined() {
+        let tags = tags(&[("obstack:absent", "app,promtail")]);
+        assert!(missing_tags(&spec(), &tags).is_empty());
+        let context = build(&spec(), &tags, "", "i-1").unwrap();
+        assert_eq!(context.absent, ["app", "promtail"]);
+        assert!(context.peers.is_empty());
+        // Without the tag the same peer is waited for.
+        let error = build(&spec(), &Tags::new(), "", "i-1").unwrap_err();
+        assert!(
+            matches!(&error, AgentError::MissingTags(keys) if keys == &["obstack:peer:app"]),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_absent_peer_with_an_address_or_a_malformed_list_is_a_bad_tag() {
+        for pairs in [
+            &[("obstack:peer:app", "10.0.0.1"), ("obstack:absent", "app")][..],
+            &[
+                ("obstack:peer:app", "10.0.0.1"),
+                ("obstack:absent", "loki,"),
+            ][..],
+            &[("obstack:absent", "Loki")][..],
+        ] {
+            let error = build(&spec(), &tags(pairs), "", "i-1").unwrap_err();
+            assert!(
+                matches!(&error, AgentError::BadTag { key, .. } if key == "obstack:absent"),
+                "{pairs:?}: {error}"
+            );
+            assert!(!error.to_string().contains('\n'), "{error}");
+        }
+        // A malformed list excuses nothing while waiting.
+        let tags = tags(&[("obstack:absent", "app,,")]);
+        assert_eq!(missing_tags(&spec(), &tags), ["obstack:peer:app"]);
+    }
 }

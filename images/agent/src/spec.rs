@@ -25,6 +25,11 @@ pub struct RoleSpec {
     pub secrets: Vec<SecretSpec>,
     #[serde(default)]
     pub generated: Vec<GeneratedSpec>,
+    /// What the image ships and runs: read by xtask and the image checks, not the agent.
+    #[serde(default, rename = "image")]
+    _image: serde::de::IgnoredAny,
+    #[serde(default, rename = "services")]
+    _services: serde::de::IgnoredAny,
     /// The directory holding role.toml; template paths are relative to it.
     #[serde(skip)]
     pub dir: PathBuf,

@@ -13,12 +13,19 @@ pub const PEER_PREFIX: &str = "obstack:peer:";
 pub const BIND_ADDRESS: &str = "obstack:bind-address";
 /// The *name* of the SSM SecureString holding Grafana's admin password.
 pub const GRAFANA_ADMIN_PASSWORD_PARAM: &str = "obstack:grafana-admin-password-param";
+/// Optional, comma-separated names of the services this deployment does not run
+/// (`loki,promtail`). Set by `cargo xtask up` for what it could not start; never on EC2.
+/// Templates see it as the list `absent`; a peer named in it has no address and is not
+/// waited for, even when required.
+pub const ABSENT: &str = "obstack:absent";
 
 /// Where `bind_address` points when the instance has no `obstack:bind-address` tag.
 pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
 
 /// AWS's limit on a tag key's length.
 const MAX_KEY_LEN: usize = 128;
+/// AWS's limit on a tag value's length.
+const MAX_VALUE_LEN: usize = 256;
 
 /// A flat map of tag key to value, as read from any tag source.
 pub type Tags = BTreeMap<String, String>;
@@ -54,6 +61,41 @@ fn is_key_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "+-=.,_:@".contains(c)
 }
 
+/// Parses the value of [`ABSENT`]: service names (a lowercase letter, then lowercase
+/// letters, digits, `_` or `-`) separated by commas, each once. The error says why not.
+pub fn parse_absent(value: &str) -> Result<Vec<String>, String> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(format!(
+            "is {} characters long; a tag value holds at most {MAX_VALUE_LEN}",
+            value.len()
+        ));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for name in value.split(',') {
+        if name.is_empty() {
+            return Err(format!(
+                "`{value}` has an empty name; write service names separated by single commas, \
+                 like `loki,promtail`"
+            ));
+        }
+        let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !valid {
+            return Err(format!(
+                "`{name}` is not a service name (a lowercase letter, then lowercase letters, \
+                 digits, `_` or `-`)"
+            ));
+        }
+        if names.iter().any(|seen| seen == name) {
+            return Err(format!("names `{name}` twice"));
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +106,7 @@ mod tests {
             ROLE,
             BIND_ADDRESS,
             GRAFANA_ADMIN_PASSWORD_PARAM,
+            ABSENT,
             &peer_key("loki"),
         ] {
             assert_eq!(check_key(key), Ok(()), "{key}");
@@ -76,5 +119,35 @@ mod tests {
             assert!(check_key(key).is_err(), "{key:?} should be refused");
         }
         assert!(check_key(&"k".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn absent_services_are_a_comma_separated_list_of_names() {
+        assert_eq!(parse_absent("loki"), Ok(vec!["loki".to_string()]));
+        assert_eq!(
+            parse_absent("loki,node_exporter,promtail-2"),
+            Ok(vec![
+                "loki".to_string(),
+                "node_exporter".to_string(),
+                "promtail-2".to_string()
+            ])
+        );
+        for (bad, why) in [
+            ("", "empty name"),
+            ("loki,", "empty name"),
+            ("loki,,grafana", "empty name"),
+            ("loki, grafana", "not a service name"),
+            ("Loki", "not a service name"),
+            ("2loki", "not a service name"),
+            ("loki\n  - job_name: x", "not a service name"),
+            ("{{ 7 * 7 }}", "not a service name"),
+            ("loki,grafana,loki", "names `loki` twice"),
+        ] {
+            let error = parse_absent(bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
+        assert!(parse_absent(&"a,".repeat(200))
+            .unwrap_err()
+            .contains("at most"));
     }
 }

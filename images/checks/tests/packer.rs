@@ -9,7 +9,7 @@ use std::path::Path;
 
 use hcl::{Block, Body, Expression};
 use packer_env::{
-    describe, images_dir, packer, run, sample_hash, template_dir, write_var_file, ROLES,
+    describe, images_dir, packer, roles, run, sample_hash, template_dir, write_var_file,
 };
 use serde_json::json;
 
@@ -62,7 +62,7 @@ fn expression_text(expr: &Expression) -> String {
 #[test]
 fn every_role_passes_packer_validate_with_the_bakes_variables() {
     let sandbox = tempfile::tempdir().unwrap();
-    for role in ROLES {
+    for role in roles() {
         // validate also stats every provisioning script, so each role's install and
         // self-check scripts must exist.
         let var_file = write_var_file(sandbox.path(), role, &sample_hash(role), json!({}));
@@ -114,7 +114,11 @@ fn validate_rejects_an_open_builder_security_group() {
 fn validate_rejects_an_unknown_role_and_an_image_without_the_agent() {
     let sandbox = tempfile::tempdir().unwrap();
     for (extra, complaint) in [
-        (json!({ "role": "web" }), "role must be one of"),
+        // Not a role name (and a way out of images/): refused by the variable's validation.
+        (json!({ "role": "../app" }), "must be a role name"),
+        (json!({ "role": "Web" }), "must be a role name"),
+        // A role name without a directory: its install script does not exist.
+        (json!({ "role": "web" }), "web/provisioners/install.sh"),
         (
             json!({ "artifacts": ["demo-app"] }),
             "must include stack-agent",

@@ -8,19 +8,16 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use stack::{
-    file, promtail_stream_labels, render, render_sample, sample_tags, scrape_targets, yaml, APP_IP,
-    GRAFANA_IP, INSTANCE_ID, LOKI_IP, PROMETHEUS_IP, ROLES,
+    file, promtail_stream_labels, render, render_sample, roles, sample_tags, scrape_targets, yaml,
+    APP_IP, GRAFANA_IP, INSTANCE_ID, LOKI_IP, PROMETHEUS_IP,
 };
 use stack_agent::AgentError;
 
-/// The systemd units of the images (fixed names every helper relies on).
-const UNITS: [&str; 5] = [
-    "demo-app.service",
-    "promtail.service",
-    "prometheus.service",
-    "loki.service",
-    "grafana-server.service",
-];
+/// The systemd units of `role`'s own services (the registry's `[[services]]`).
+fn units(role: &str) -> Vec<&'static str> {
+    let role = stack::registry().role(role).unwrap();
+    role.services.iter().map(|s| s.unit.as_str()).collect()
+}
 
 fn role_spec(role: &str) -> toml::Value {
     let path = stack::images_dir().join(role).join("role.toml");
@@ -47,7 +44,7 @@ fn spec_peers(role: &str) -> Vec<String> {
 
 #[test]
 fn every_role_renders_every_file_of_its_spec() {
-    for role in ROLES {
+    for role in roles() {
         let root = tempfile::tempdir().unwrap();
         let files = render_sample(role, root.path());
         let rendered: BTreeSet<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
@@ -74,7 +71,10 @@ fn every_role_renders_every_file_of_its_spec() {
                 rendered.path.display()
             );
             for service in &rendered.services {
-                assert!(UNITS.contains(&service.as_str()), "unknown unit {service}");
+                assert!(
+                    units(role).contains(&service.as_str()),
+                    "{role}: {service} is not a unit of a service of the role"
+                );
             }
         }
     }
@@ -82,7 +82,7 @@ fn every_role_renders_every_file_of_its_spec() {
 
 #[test]
 fn on_ec2_files_land_at_their_machine_paths() {
-    for role in ROLES {
+    for role in roles() {
         let files = render(role, &sample_tags(role), Path::new(""));
         let rendered: BTreeSet<String> =
             files.iter().map(|f| f.path.display().to_string()).collect();
@@ -240,6 +240,89 @@ fn prometheus_without_optional_peers_scrapes_what_exists() {
         BTreeSet::from(["demo-app", "node", "prometheus", "promtail"])
     );
     assert_eq!(targets["node"].len(), 2, "{targets:?}");
+}
+
+/// Every `(job, target)` of a rendered prometheus.yml, duplicates kept.
+fn every_target(config: &serde_json::Value) -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for job in config["scrape_configs"].as_array().unwrap() {
+        let name = job["job_name"].as_str().unwrap();
+        for group in job["static_configs"].as_array().unwrap() {
+            for target in group["targets"].as_array().unwrap() {
+                all.push((name.to_string(), target.as_str().unwrap().to_string()));
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn prometheus_scrapes_a_node_exporter_once_when_roles_share_a_host() {
+    let root = tempfile::tempdir().unwrap();
+    let mut tags = sample_tags("prometheus");
+    tags.insert("obstack:peer:loki".into(), APP_IP.into());
+    let files = render("prometheus", &tags, root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/prometheus/prometheus.yml").contents);
+    let nodes: Vec<String> = every_target(&config)
+        .into_iter()
+        .filter(|(job, _)| job == "node")
+        .map(|(_, target)| target)
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            format!("{APP_IP}:9100"),
+            "127.0.0.1:9100".into(),
+            format!("{GRAFANA_IP}:9100")
+        ]
+    );
+}
+
+#[test]
+fn prometheus_leaves_out_the_services_tagged_absent() {
+    // What `cargo xtask up` renders when only the app and Prometheus run: every peer on
+    // loopback, the rest named in `obstack:absent`.
+    let root = tempfile::tempdir().unwrap();
+    let mut tags = sample_tags("prometheus");
+    tags.remove("obstack:peer:loki");
+    tags.remove("obstack:peer:grafana");
+    tags.insert("obstack:peer:app".into(), "127.0.0.1:5000".into());
+    tags.insert("obstack:bind-address".into(), "127.0.0.1".into());
+    tags.insert(
+        "obstack:absent".into(),
+        "loki,promtail,grafana,node_exporter".into(),
+    );
+    let files = render("prometheus", &tags, root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/prometheus/prometheus.yml").contents);
+    assert_eq!(
+        every_target(&config),
+        [
+            ("demo-app".to_string(), "127.0.0.1:5000".to_string()),
+            ("prometheus".to_string(), "127.0.0.1:9090".to_string()),
+        ]
+    );
+    // With node_exporter running, its one host is scraped once.
+    tags.insert("obstack:absent".into(), "loki,promtail,grafana".into());
+    let files = render("prometheus", &tags, root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/prometheus/prometheus.yml").contents);
+    let node: Vec<(String, String)> = every_target(&config)
+        .into_iter()
+        .filter(|(job, _)| job == "node")
+        .collect();
+    assert_eq!(node, [("node".to_string(), "127.0.0.1:9100".to_string())]);
+    // A peer cannot both run and be absent.
+    tags.insert("obstack:absent".into(), "app".into());
+    let refused = stack_agent::render_role(
+        &stack::images_dir(),
+        "prometheus",
+        &tags,
+        &stack::root_str(root.path()),
+        INSTANCE_ID,
+    );
+    assert!(
+        matches!(&refused, Err(AgentError::BadTag { key, .. }) if key == "obstack:absent"),
+        "{refused:?}"
+    );
 }
 
 #[test]
@@ -450,7 +533,7 @@ const INJECTIONS: [&str; 10] = [
 #[test]
 fn bad_tag_values_never_reach_a_rendered_file() {
     let root = tempfile::tempdir().unwrap();
-    for role in ROLES {
+    for role in roles() {
         let mut keys: Vec<String> = spec_peers(role)
             .iter()
             .map(|p| format!("obstack:peer:{p}"))
@@ -485,12 +568,18 @@ fn bad_tag_values_never_reach_a_rendered_file() {
 #[test]
 fn a_missing_required_peer_renders_nothing() {
     let root = tempfile::tempdir().unwrap();
-    for (role, peer) in [
-        ("app", "loki"),
-        ("prometheus", "app"),
-        ("grafana", "prometheus"),
-        ("grafana", "loki"),
-    ] {
+    let required: Vec<(&str, &str)> = stack::registry()
+        .roles()
+        .iter()
+        .flat_map(|role| {
+            role.peers
+                .iter()
+                .filter(|(_, spec)| spec.required)
+                .map(move |(peer, _)| (role.name.as_str(), peer.as_str()))
+        })
+        .collect();
+    assert!(!required.is_empty(), "no role requires a peer");
+    for (role, peer) in required {
         let mut tags = sample_tags(role);
         tags.remove(&format!("obstack:peer:{peer}"));
         let result = stack_agent::render_role(

@@ -9,14 +9,14 @@ use std::collections::BTreeMap;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{Filter, Image, Tag};
 use packer_env::{
-    components_for, describe, images_dir, packer, run, sample_hash, template_dir, write_var_file,
-    ROLES,
+    components_for, describe, images_dir, packer, roles, run, sample_hash, template_dir,
+    write_var_file, GIT_REVISION,
 };
 use serde_json::json;
 
 /// moto's built-in Canonical image (moto ships Ubuntu 14.04 and 16.04 under 099720109477);
 /// the filter pattern is the template's, only the release differs.
-const MOTO_UBUNTU: &str = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*";
+const MOTO_UBUNTU: &str = xtask::moto::BASE_AMI_NAME;
 
 fn ec2_client(endpoint: &str) -> aws_sdk_ec2::Client {
     let config = aws_sdk_ec2::Config::builder()
@@ -44,10 +44,7 @@ fn expected_tags(role: &str) -> BTreeMap<String, String> {
         ("obstack:project".to_string(), "obstack".to_string()),
         ("obstack:role".to_string(), role.to_string()),
         ("obstack:input-hash".to_string(), sample_hash(role)),
-        (
-            "obstack:git-revision".to_string(),
-            "0123456789abcdef0123456789abcdef01234567".to_string(),
-        ),
+        ("obstack:git-revision".to_string(), GIT_REVISION.to_string()),
     ]);
     for (name, component) in components_for(role) {
         expected.insert(format!("obstack:version:{name}"), component.version);
@@ -76,7 +73,7 @@ async fn images(client: &aws_sdk_ec2::Client) -> Vec<Image> {
 fn every_role_smoke_bakes_into_moto_with_its_name_and_tags() {
     let moto = testkit::Moto::start();
     let sandbox = tempfile::tempdir().unwrap();
-    for role in ROLES {
+    for role in roles() {
         let var_file = write_var_file(
             sandbox.path(),
             role,
@@ -109,9 +106,9 @@ fn every_role_smoke_bakes_into_moto_with_its_name_and_tags() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let client = ec2_client(&moto.endpoint());
     let images = runtime.block_on(images(&client));
-    assert_eq!(images.len(), ROLES.len(), "one AMI per role: {images:#?}");
+    assert_eq!(images.len(), roles().len(), "one AMI per role: {images:#?}");
 
-    for role in ROLES {
+    for role in roles() {
         let expected = expected_tags(role);
         let image = images
             .iter()

@@ -5,20 +5,37 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
-const ROLES: [&str; 4] = ["app", "prometheus", "loki", "grafana"];
+use xtask::roles::{Registry, Role};
 
-/// The role services (fixed names, helper brief), and which image runs each.
-const ROLE_SERVICES: [(&str, &str); 5] = [
-    ("app", "demo-app.service"),
-    ("app", "promtail.service"),
-    ("prometheus", "prometheus.service"),
-    ("loki", "loki.service"),
-    ("grafana", "grafana-server.service"),
-];
-
+/// `images/` (the checkout's, or `OBSTACK_IMAGES_DIR`'s, as for xtask).
 fn images_dir() -> PathBuf {
-    testkit::workspace_root().join("images")
+    xtask::project::images_dir()
+}
+
+/// The roles, and the systemd unit of each of their services, from the role registry.
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Registry::load(&images_dir()).unwrap_or_else(|e| panic!("the role registry: {e}"))
+    })
+}
+
+fn roles() -> &'static [Role] {
+    registry().roles()
+}
+
+/// Every role's own services' units (not the common ones), with the role whose image runs each.
+fn role_services() -> Vec<(&'static str, &'static str)> {
+    roles()
+        .iter()
+        .flat_map(|role| {
+            role.services
+                .iter()
+                .map(move |s| (role.name.as_str(), s.unit.as_str()))
+        })
+        .collect()
 }
 
 fn unit_dir(tree: &str) -> PathBuf {
@@ -35,12 +52,54 @@ fn units_of(role: &str) -> BTreeMap<String, PathBuf> {
         for entry in entries {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.ends_with(".service") || name.ends_with(".timer") {
+            if path.is_file() && (name.ends_with(".service") || name.ends_with(".timer")) {
                 units.insert(name, path);
             }
         }
     }
     units
+}
+
+/// The drop-ins an image installs for unit `name` (`<name>.d/*.conf`), in the order systemd
+/// applies them: by file name, a role's file replacing common's of the same name.
+fn dropins_of(role: &str, name: &str) -> Vec<PathBuf> {
+    let mut dropins = BTreeMap::new();
+    for tree in ["common", role] {
+        let Ok(entries) = std::fs::read_dir(unit_dir(tree).join(format!("{name}.d"))) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "conf") {
+                dropins.insert(path.file_name().unwrap().to_os_string(), path);
+            }
+        }
+    }
+    dropins.into_values().collect()
+}
+
+/// Unit `name` of `role`'s image as systemd sees it: its file, then its drop-ins (a key set
+/// again adds values; an empty assignment resets the list).
+fn load_unit(role: &str, name: &str, path: &Path) -> Unit {
+    let mut unit = parse_unit(path);
+    for dropin in dropins_of(role, name) {
+        for (section, keys) in parse_unit(&dropin) {
+            for (key, values) in keys {
+                let list = unit
+                    .entry(section.clone())
+                    .or_default()
+                    .entry(key)
+                    .or_default();
+                for value in values {
+                    if value.is_empty() {
+                        list.clear();
+                    }
+                    list.push(value);
+                }
+            }
+        }
+    }
+    unit
 }
 
 /// A unit file as section -> key -> values (a key may repeat), with `\` continuations joined.
@@ -143,7 +202,15 @@ fn scratch_root(role: &str, skip: Option<&str>) -> (tempfile::TempDir, Vec<PathB
     for (name, path) in units_of(role) {
         let target = unit_dir.join(&name);
         std::fs::copy(&path, &target).unwrap();
-        for program in executables(&parse_unit(&path)) {
+        let dropins = dropins_of(role, &name);
+        if !dropins.is_empty() {
+            let dir = unit_dir.join(format!("{name}.d"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for dropin in dropins {
+                std::fs::copy(&dropin, dir.join(dropin.file_name().unwrap())).unwrap();
+            }
+        }
+        for program in executables(&load_unit(role, &name, &path)) {
             if Some(program.as_str()) == skip {
                 continue;
             }
@@ -158,6 +225,15 @@ fn scratch_root(role: &str, skip: Option<&str>) -> (tempfile::TempDir, Vec<PathB
     (root, installed)
 }
 
+/// Unit `name` of `role`'s image, drop-ins applied.
+fn image_unit(role: &str, name: &str) -> Unit {
+    let units = units_of(role);
+    let path = units
+        .get(name)
+        .unwrap_or_else(|| panic!("{role}'s image has no {name}"));
+    load_unit(role, name, path)
+}
+
 fn verify(root: &Path, units: &[PathBuf]) -> std::process::Output {
     Command::new(testkit::require_tool("systemd-analyze"))
         .arg("verify")
@@ -170,7 +246,8 @@ fn verify(root: &Path, units: &[PathBuf]) -> std::process::Output {
 
 #[test]
 fn systemd_analyze_verifies_every_images_units() {
-    for role in ROLES {
+    for role in roles() {
+        let role = role.name.as_str();
         let (root, units) = scratch_root(role, None);
         assert!(units.len() >= 4, "{role}: only {units:?}");
         let output = verify(root.path(), &units);
@@ -198,12 +275,14 @@ fn systemd_analyze_as_run_here_notices_a_missing_binary() {
 
 #[test]
 fn every_role_service_exists_in_its_image_and_waits_for_the_rendered_configs() {
-    for (role, service) in ROLE_SERVICES {
+    let services = role_services();
+    assert!(services.len() >= roles().len(), "{services:?}");
+    for (role, service) in services {
         let units = units_of(role);
         let path = units
             .get(service)
             .unwrap_or_else(|| panic!("{role} has no {service}"));
-        let unit = parse_unit(path);
+        let unit = load_unit(role, service, path);
         for key in ["Requires", "After"] {
             assert!(
                 values(&unit, "Unit", key).contains(&"stack-agent-render.service"),
@@ -221,9 +300,10 @@ fn every_role_service_exists_in_its_image_and_waits_for_the_rendered_configs() {
 #[test]
 fn every_service_runs_as_its_own_user_hardened_and_restarting_on_failure() {
     let mut users = BTreeMap::new();
-    for role in ROLES {
+    for role in roles() {
+        let role = role.name.as_str();
         for (name, path) in units_of(role) {
-            let unit = parse_unit(&path);
+            let unit = load_unit(role, &name, &path);
             let agent = name.starts_with("stack-agent-");
             if !agent {
                 let user =
@@ -267,35 +347,76 @@ fn every_service_runs_as_its_own_user_hardened_and_restarting_on_failure() {
 
 #[test]
 fn the_render_unit_is_a_oneshot_before_every_role_service_after_the_network() {
-    let units = units_of("app");
-    let render = parse_unit(&units["stack-agent-render.service"]);
+    // Each image's render unit (common's, with the role's drop-ins) comes before that
+    // image's services.
+    for (role, service) in role_services() {
+        let render = image_unit(role, "stack-agent-render.service");
+        let before = values(&render, "Unit", "Before");
+        assert!(
+            before.contains(&service),
+            "{role}: stack-agent-render.service: Before= lacks {service} (add it in a drop-in, \
+             images/{role}/rootfs/etc/systemd/system/stack-agent-render.service.d/)"
+        );
+    }
+    let render = image_unit("app", "stack-agent-render.service");
     assert_eq!(single(&render, "Service", "Type"), Some("oneshot"));
     assert_eq!(single(&render, "Service", "RemainAfterExit"), Some("yes"));
     assert!(values(&render, "Unit", "After").contains(&"network-online.target"));
     assert!(values(&render, "Unit", "Wants").contains(&"network-online.target"));
-    let before = values(&render, "Unit", "Before");
-    for (_, service) in ROLE_SERVICES {
-        assert!(
-            before.contains(&service),
-            "stack-agent-render.service: Before= lacks {service}"
-        );
-    }
     let exec = single(&render, "Service", "ExecStart").unwrap();
     assert!(
         exec.contains(" render ") && exec.contains("--tags-from imds"),
         "{exec}"
     );
 
-    let watch = parse_unit(&units["stack-agent-watch.service"]);
+    let watch = image_unit("app", "stack-agent-watch.service");
     assert!(values(&watch, "Unit", "After").contains(&"stack-agent-render.service"));
     assert!(single(&watch, "Service", "ExecStart")
         .unwrap()
         .contains(" watch "));
 }
 
+/// Every path the agent writes for `role` (rendered files, secrets, generated secrets).
+fn agent_written_paths(role: &str) -> Vec<String> {
+    let spec = stack_agent::RoleSpec::load(&images_dir(), role)
+        .unwrap_or_else(|e| panic!("role `{role}`: {e}"));
+    spec.files
+        .iter()
+        .map(|f| f.path.clone())
+        .chain(spec.secrets.iter().map(|s| s.path.clone()))
+        .chain(spec.generated.iter().map(|g| g.path.clone()))
+        .collect()
+}
+
+#[test]
+fn the_agent_units_may_write_every_file_their_role_renders() {
+    // ProtectSystem=strict: the agent can write only under its units' ReadWritePaths=, so a
+    // role whose files lie elsewhere needs a drop-in naming their directory.
+    let mut checked = 0;
+    for role in roles() {
+        let role = role.name.as_str();
+        for name in ["stack-agent-render.service", "stack-agent-watch.service"] {
+            let unit = image_unit(role, name);
+            let writable: Vec<&str> = values(&unit, "Service", "ReadWritePaths")
+                .into_iter()
+                .map(|p| p.trim_start_matches('-'))
+                .collect();
+            for path in agent_written_paths(role) {
+                assert!(
+                    writable.iter().any(|dir| Path::new(&path).starts_with(dir)),
+                    "{role}: {name} may not write {path} (ReadWritePaths={writable:?}); add its \
+                     directory in a drop-in, images/{role}/rootfs/etc/systemd/system/{name}.d/"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 2 * roles().len(), "only {checked} paths checked");
+}
+
 #[test]
 fn prometheus_keeps_its_admin_and_lifecycle_apis_off() {
-    let unit = parse_unit(&units_of("prometheus")["prometheus.service"]);
+    let unit = image_unit("prometheus", "prometheus.service");
     let exec = single(&unit, "Service", "ExecStart").unwrap();
     assert!(
         exec.contains("--config.file=/etc/prometheus/prometheus.yml"),

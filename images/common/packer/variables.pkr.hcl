@@ -3,11 +3,14 @@
 
 variable "role" {
   type        = string
-  description = "The image to build: app, prometheus, loki or grafana (a directory under images/)."
+  description = "The image to build: a role, i.e. a directory images/<role>/ holding a role.toml (the role registry)."
 
+  # Any role of the registry, and nothing else: a role name is lowercase letters, digits and
+  # dashes (the registry's rule), so it cannot leave images/; a name without a directory
+  # fails validate on its missing install script.
   validation {
-    condition     = contains(["app", "prometheus", "loki", "grafana"], var.role)
-    error_message = "The role must be one of app, prometheus, loki, grafana."
+    condition     = var.role != "" && regex_replace(var.role, "^[a-z][a-z0-9-]*$", "") == ""
+    error_message = "The role must be a role name (lowercase letters, digits and -, starting with a letter): a directory images/<role>/ holding a role.toml."
   }
 }
 

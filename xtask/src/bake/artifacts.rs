@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-use crate::cmd::ExpressionExt;
+use crate::roles::Registry;
 
 /// Where the release build goes: its own target directory, because it is built with
 /// `--remap-path-prefix` flags (so the binaries, and with them the input hashes, do not
@@ -13,14 +13,16 @@ pub fn cargo_target_dir() -> PathBuf {
     crate::project::target_dir().join("bake").join("cargo")
 }
 
-/// Builds release `demo-app` and `stack-agent` and returns the directory holding both.
+/// Builds every workspace binary an image ships (the registry's) in release mode and
+/// returns the directory holding them.
 ///
 /// `OBSTACK_ARTIFACTS_DIR` names a directory of prebuilt binaries instead (used by tests
 /// and by CI jobs that built them in an earlier step); nothing is built then.
-pub fn build_release() -> anyhow::Result<PathBuf> {
+pub fn build_release(registry: &Registry) -> anyhow::Result<PathBuf> {
+    let binaries = registry.workspace_binaries();
     if let Some(dir) = std::env::var_os("OBSTACK_ARTIFACTS_DIR") {
         let dir = PathBuf::from(dir);
-        for binary in ["demo-app", "stack-agent"] {
+        for binary in &binaries {
             anyhow::ensure!(
                 dir.join(binary).is_file(),
                 "OBSTACK_ARTIFACTS_DIR={} has no `{binary}` binary; unset it to build the release binaries",
@@ -41,27 +43,23 @@ pub fn build_release() -> anyhow::Result<PathBuf> {
         ));
     }
     let target_dir = cargo_target_dir();
-    crate::cmd::cargo(
-        [
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "demo-app",
-            "-p",
-            "stack-agent",
-            "--target-dir",
-        ]
+    // Each binary is its package's (the workspace names packages after their binaries).
+    let mut args: Vec<std::ffi::OsString> = ["build", "--release", "--locked"]
         .map(std::ffi::OsString::from)
-        .into_iter()
-        .chain([target_dir.clone().into_os_string()]),
-    )
-    .dir(&root)
-    // Unit-separated, so a path with spaces stays one flag.
-    .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\u{1f}"))
-    .env_remove("RUSTFLAGS")
-    .stdout_to_stderr()
-    .run_logged()
-    .context("the release build of demo-app and stack-agent failed")?;
+        .to_vec();
+    for binary in &binaries {
+        args.extend(["-p".into(), binary.into()]);
+    }
+    args.extend(["--target-dir".into(), target_dir.clone().into_os_string()]);
+    crate::cmd::Cmd::cargo(args)
+        .map(|e| {
+            e.dir(&root)
+                // Unit-separated, so a path with spaces stays one flag.
+                .env("CARGO_ENCODED_RUSTFLAGS", rustflags.join("\u{1f}"))
+                .env_remove("RUSTFLAGS")
+                .stdout_to_stderr()
+        })
+        .run()
+        .with_context(|| format!("the release build of {} failed", binaries.join(", ")))?;
     Ok(target_dir.join("release"))
 }

@@ -60,7 +60,7 @@ pub fn run_all(
                     let outcome = match run_one(job, smoke, interrupt, progress, &bar, width) {
                         Ok(outcome) => outcome,
                         Err(error) => Outcome::Failed {
-                            error: format!("{error:#}"),
+                            error: crate::report::one_line(&error),
                         },
                     };
                     bar.finish_with_message(match &outcome {
@@ -104,7 +104,10 @@ fn run_one(
     let _ = std::fs::remove_file(&job.manifest_file);
     let mut log = std::fs::File::create(&job.log_file)
         .with_context(|| format!("cannot create {}", job.log_file.display()))?;
-    let expression = crate::packer::build_command(&job.template_dir, &job.var_file, smoke)
+    let command = crate::packer::build_command(&job.template_dir, &job.var_file, smoke);
+    writeln!(log, "$ {command}")?;
+    let reader = command
+        .expression()
         .stdin_null()
         .stderr_to_stdout()
         .unchecked()
@@ -112,9 +115,9 @@ fn run_one(
         .before_spawn(|command| {
             command.process_group(0);
             Ok(())
-        });
-    writeln!(log, "$ {expression:?}")?;
-    let reader = expression.reader().context("cannot start packer")?;
+        })
+        .reader()
+        .with_context(|| format!("cannot start `{command}`"))?;
     let group = reader.pids().first().copied();
     if let Some(group) = group {
         interrupt.register(group);

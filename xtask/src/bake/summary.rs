@@ -63,11 +63,8 @@ impl Summary {
     }
 
     pub fn table(&self) -> String {
-        let mut rows = vec![["ROLE", "HASH", "AMI", "STATE", "TIME"]
-            .map(String::from)
-            .to_vec()];
-        for r in &self.roles {
-            rows.push(vec![
+        let rows = self.roles.iter().map(|r| {
+            [
                 r.role.clone(),
                 r.input_hash
                     .as_deref()
@@ -75,21 +72,9 @@ impl Summary {
                 r.ami_id.clone().unwrap_or_else(|| "-".to_string()),
                 r.state.words().to_string(),
                 format!("{:.1}s", r.duration_secs),
-            ]);
-        }
-        let widths: Vec<usize> = (0..5)
-            .map(|c| rows.iter().map(|row| row[c].len()).max().unwrap_or(0))
-            .collect();
-        let mut out = String::new();
-        for row in rows {
-            let line: Vec<String> = row
-                .iter()
-                .zip(&widths)
-                .map(|(cell, w)| format!("{cell:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
+            ]
+        });
+        let mut out = crate::table::render(&["ROLE", "HASH", "AMI", "STATE", "TIME"], rows);
         for r in &self.roles {
             for reason in &r.reasons {
                 out.push_str(&format!("  {}: {reason}\n", r.role));

@@ -8,6 +8,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::base::BaseAmi;
+use crate::roles::Role;
 use crate::versions::Manifest;
 
 /// Every variable the bake passes to a role's template.
@@ -43,7 +44,7 @@ pub struct Common<'a> {
 
 impl VarFile {
     pub fn new(
-        role: &str,
+        role: &Role,
         input_hash: &str,
         manifest: &Manifest,
         common: &Common,
@@ -52,7 +53,7 @@ impl VarFile {
         let mut versions = BTreeMap::new();
         let mut urls = BTreeMap::new();
         let mut sums = BTreeMap::new();
-        for (name, component) in manifest.for_role(role) {
+        for (name, component) in manifest.for_role(&role.name) {
             let sum = if common.require_verified {
                 component.verified_sha256(name, "amd64")?.to_string()
             } else {
@@ -63,11 +64,8 @@ impl VarFile {
             sums.insert(name.to_string(), sum);
         }
         Ok(VarFile {
-            role: role.to_string(),
-            artifacts: crate::hash::shipped_binaries(role)
-                .iter()
-                .map(|name| name.to_string())
-                .collect(),
+            role: role.name.clone(),
+            artifacts: role.shipped_binaries(),
             region: common.region.to_string(),
             input_hash: input_hash.to_string(),
             git_revision: common.git_revision.to_string(),
@@ -86,7 +84,7 @@ impl VarFile {
 
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_vec_pretty(self).context("cannot serialise a Packer var file")?;
-        std::fs::write(path, json).with_context(|| format!("cannot write {}", path.display()))
+        crate::atomic::write(path, json)
     }
 }
 
@@ -94,17 +92,15 @@ impl VarFile {
 /// uncommitted changes, `unknown` outside git.
 pub fn git_revision() -> String {
     let root = crate::project::root();
-    let Ok(head) = duct::cmd!("git", "rev-parse", "HEAD")
-        .dir(&root)
-        .stderr_null()
-        .read()
-    else {
+    let git = |args: &[&str]| {
+        crate::cmd::Cmd::new("git", args)
+            .map(|e| e.dir(&root))
+            .read_quietly()
+    };
+    let Ok(head) = git(&["rev-parse", "HEAD"]) else {
         return "unknown".to_string();
     };
-    let dirty = duct::cmd!("git", "status", "--porcelain", "--untracked-files=no")
-        .dir(&root)
-        .stderr_null()
-        .read()
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
         .map(|status| !status.trim().is_empty())
         .unwrap_or(false);
     if dirty {

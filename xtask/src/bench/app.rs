@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use super::{loadgen, wrk, Sample};
-use crate::cmd::{cmd, ExpressionExt};
+use crate::cmd::Cmd;
 use crate::project;
 
 const CONCURRENCIES: [u32; 2] = [10, 64];
@@ -24,10 +24,7 @@ const TARGET_RATIO_C64: f64 = 0.85;
 const TARGET_P99_C10_MS: f64 = 2.0;
 const TARGET_RSS_MB: f64 = 30.0;
 
-pub fn run(duration: &str, rounds: usize) -> anyhow::Result<()> {
-    let duration = humantime::parse_duration(duration).with_context(|| {
-        format!("--duration `{duration}` is not a duration; write it like `10s`")
-    })?;
+pub fn run(duration: Duration, rounds: usize) -> anyhow::Result<()> {
     anyhow::ensure!(
         duration >= Duration::from_secs(1),
         "--duration must be at least 1s"
@@ -86,25 +83,36 @@ pub fn run(duration: &str, rounds: usize) -> anyhow::Result<()> {
         generator.name(),
         pinning.describe()
     );
-    println!(
-        "{:>4}  {:>12} {:>12} {:>7}  {:>9} {:>9}  {:>9} {:>9}",
-        "c", "app req/s", "bare req/s", "ratio", "app p50", "bare p50", "app p99", "bare p99"
-    );
-    for &connections in &CONCURRENCIES {
+    let rows = CONCURRENCIES.iter().map(|&connections| {
         let app = results.mean(true, connections);
         let bare = results.mean(false, connections);
-        println!(
-            "{:>4}  {:>12.0} {:>12.0} {:>7.3}  {:>7.3}ms {:>7.3}ms  {:>7.3}ms {:>7.3}ms",
-            connections,
-            app.requests_per_sec,
-            bare.requests_per_sec,
-            app.requests_per_sec / bare.requests_per_sec,
-            app.p50_ms,
-            bare.p50_ms,
-            app.p99_ms,
-            bare.p99_ms
-        );
-    }
+        [
+            connections.to_string(),
+            format!("{:.0}", app.requests_per_sec),
+            format!("{:.0}", bare.requests_per_sec),
+            format!("{:.3}", app.requests_per_sec / bare.requests_per_sec),
+            format!("{:.3} ms", app.p50_ms),
+            format!("{:.3} ms", bare.p50_ms),
+            format!("{:.3} ms", app.p99_ms),
+            format!("{:.3} ms", bare.p99_ms),
+        ]
+    });
+    print!(
+        "{}",
+        crate::table::render(
+            &[
+                "C",
+                "APP REQ/S",
+                "BARE REQ/S",
+                "RATIO",
+                "APP P50",
+                "BARE P50",
+                "APP P99",
+                "BARE P99"
+            ],
+            rows
+        )
+    );
     // The spread says how far one round can be trusted on this machine.
     let per_round: Vec<f64> = (0..rounds)
         .filter_map(|round| results.round_ratio(round, 64))
@@ -146,7 +154,7 @@ fn verdict(what: &str, met: bool) {
 
 /// Builds both servers in release mode and returns their paths.
 fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
-    crate::cmd::cargo([
+    Cmd::cargo([
         "build",
         "--release",
         "-p",
@@ -156,8 +164,8 @@ fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
         "--example",
         "bare",
     ])
-    .dir(project::root())
-    .run_logged()
+    .map(|e| e.dir(project::root()))
+    .run()
     .context("building the benchmark's release binaries")?;
     let release = project::target_dir().join("release");
     Ok((
@@ -250,7 +258,7 @@ impl Generator {
 
 /// Moves every thread of this process (and the threads it starts later) to `core`.
 fn pin_this_process(core: u32) -> anyhow::Result<()> {
-    cmd(
+    Cmd::new(
         "taskset",
         [
             "-a",
@@ -260,8 +268,8 @@ fn pin_this_process(core: u32) -> anyhow::Result<()> {
             &std::process::id().to_string(),
         ],
     )
-    .stdout_null()
-    .run_logged()
+    .map(|e| e.stdout_null())
+    .run()
     .map(drop)
 }
 
@@ -288,15 +296,12 @@ impl Server {
         }
         args.extend(["--listen".into(), addr.to_string()]);
         args.extend(extra.iter().cloned());
-        let expression = match pinning {
-            Pinning::Pinned => cmd("taskset", args),
-            Pinning::Unpinned => cmd(binary.display().to_string().as_str(), args),
+        let command = match pinning {
+            Pinning::Pinned => Cmd::new("taskset", args),
+            Pinning::Unpinned => Cmd::new(binary, args),
         };
-        eprintln!("$ {expression:?}");
-        let handle = expression
-            .stdout_null()
-            .stderr_null()
-            .unchecked()
+        let handle = command
+            .map(|e| e.stdout_null().stderr_null())
             .start()
             .with_context(|| format!("cannot start {name} ({})", binary.display()))?;
         // taskset execs the server, so the child's pid is the server's.
@@ -358,7 +363,10 @@ fn wait_for_port(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    anyhow::bail!("nothing listened on {addr} within {timeout:?}")
+    anyhow::bail!(
+        "nothing listened on {addr} within {}",
+        humantime::format_duration(timeout)
+    )
 }
 
 fn log_size(path: &Path) -> u64 {

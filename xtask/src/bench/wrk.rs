@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::Sample;
-use crate::cmd::{cmd, ExpressionExt};
+use crate::cmd::Cmd;
 
 /// Runs `wrk` pinned to `core` (when given) against `url` with `connections` connections.
 pub fn run(
@@ -26,10 +26,10 @@ pub fn run(
         url.into(),
     ]);
     let output = match core {
-        Some(_) => cmd("taskset", args),
-        None => cmd("wrk", args),
+        Some(_) => Cmd::new("taskset", args),
+        None => Cmd::new("wrk", args),
     }
-    .read_logged()?;
+    .read()?;
     parse(&output).with_context(|| format!("cannot read wrk's output:\n{output}"))
 }
 

@@ -396,7 +396,8 @@ mod tests {
     use super::*;
 
     fn endpoints(exposed: &[&str], auth: bool) -> StackEndpoints {
-        let roles = ["app", "prometheus", "loki", "grafana"];
+        let registry = crate::roles::Registry::load_default().unwrap();
+        let roles = registry.names();
         StackEndpoints {
             urls: roles
                 .iter()

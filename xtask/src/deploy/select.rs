@@ -7,7 +7,7 @@ use anyhow::bail;
 use serde::Serialize;
 
 use crate::ami::{self, Ami};
-use crate::project::ROLES;
+use crate::roles::Registry;
 
 /// The AMI chosen for one role, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -19,17 +19,20 @@ pub struct Selected {
 }
 
 /// Parses repeated `--ami ROLE=ami-...` flags into role → AMI id.
-pub fn parse_explicit(specs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub fn parse_explicit(
+    registry: &Registry,
+    specs: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
     let mut chosen = BTreeMap::new();
     for spec in specs {
         let Some((role, id)) = spec.split_once('=') else {
             bail!("--ami {spec}: expected ROLE=AMI, e.g. --ami grafana=ami-0123456789abcdef0");
         };
         let (role, id) = (role.trim(), id.trim());
-        if !ROLES.contains(&role) {
+        if !registry.contains(role) {
             bail!(
                 "--ami {spec}: unknown role `{role}`; the roles are {}",
-                ROLES.join(", ")
+                registry.names().join(", ")
             );
         }
         if !is_ami_id(id) {
@@ -49,10 +52,13 @@ fn is_ami_id(id: &str) -> bool {
 }
 
 /// The roles that still need an AMI once the explicit ones are taken.
-pub fn remaining_roles(explicit: &BTreeMap<String, String>) -> Vec<&'static str> {
-    ROLES
-        .iter()
-        .copied()
+pub fn remaining_roles<'a>(
+    registry: &'a Registry,
+    explicit: &BTreeMap<String, String>,
+) -> Vec<&'a str> {
+    registry
+        .names()
+        .into_iter()
         .filter(|role| !explicit.contains_key(*role))
         .collect()
 }
@@ -132,27 +138,40 @@ pub fn short(hash: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn registry() -> Registry {
+        Registry::load_default().unwrap()
+    }
     use aws_sdk_ec2::types::Tag;
 
     #[test]
     fn explicit_amis_parse_and_bad_ones_say_why() {
-        let chosen = parse_explicit(&["grafana=ami-0123456789abcdef0".into()]).unwrap();
+        let chosen =
+            parse_explicit(&registry(), &["grafana=ami-0123456789abcdef0".into()]).unwrap();
         assert_eq!(chosen["grafana"], "ami-0123456789abcdef0");
-        assert_eq!(remaining_roles(&chosen), ["loki", "app", "prometheus"]);
+        assert_eq!(
+            remaining_roles(&registry(), &chosen),
+            ["loki", "app", "prometheus"]
+        );
 
-        let error = parse_explicit(&["grafana".into()]).unwrap_err().to_string();
+        let error = parse_explicit(&registry(), &["grafana".into()])
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("expected ROLE=AMI"), "{error}");
-        let error = parse_explicit(&["web=ami-12345678".into()])
+        let error = parse_explicit(&registry(), &["web=ami-12345678".into()])
             .unwrap_err()
             .to_string();
         assert!(error.contains("unknown role `web`"), "{error}");
-        let error = parse_explicit(&["app=i-12345678".into()])
+        let error = parse_explicit(&registry(), &["app=i-12345678".into()])
             .unwrap_err()
             .to_string();
         assert!(error.contains("not an AMI id"), "{error}");
-        let error = parse_explicit(&["app=ami-12345678".into(), "app=ami-87654321".into()])
-            .unwrap_err()
-            .to_string();
+        let error = parse_explicit(
+            &registry(),
+            &["app=ami-12345678".into(), "app=ami-87654321".into()],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(error.contains("twice"), "{error}");
     }
 
@@ -239,7 +258,7 @@ mod tests {
         runtime().block_on(async {
             let client = moto_client(&moto).await;
             let mut expected = BTreeMap::new();
-            for role in ROLES {
+            for role in registry().names() {
                 register(
                     &client,
                     role,
@@ -257,7 +276,7 @@ mod tests {
                 .await;
                 expected.insert(role.to_string(), newer);
             }
-            let chosen = latest(&client, &ROLES).await.unwrap();
+            let chosen = latest(&client, &registry().names()).await.unwrap();
             let vars = super::super::tfvars::GeneratedVars::new("us-east-1", &chosen);
             assert_eq!(vars.ami_ids, expected);
 
@@ -281,7 +300,10 @@ mod tests {
         runtime().block_on(async {
             let client = moto_client(&moto).await;
             register(&client, "app", &"1".repeat(64), "obstack-app-1111-1").await;
-            let error = latest(&client, &ROLES).await.unwrap_err().to_string();
+            let error = latest(&client, &registry().names())
+                .await
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("no AMI for role loki"), "{error}");
             assert!(!error.contains("role app"), "{error}");
             assert!(error.ends_with("run `cargo xtask bake` first"), "{error}");

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::cmd::{self, ExpressionExt};
+use crate::cmd::{self, Cmd};
 
 pub struct Terraform {
     program: PathBuf,
@@ -45,10 +45,17 @@ impl Terraform {
         })
     }
 
-    fn command(&self, args: Vec<OsString>) -> duct::Expression {
+    fn command(&self, args: Vec<OsString>) -> Cmd {
         let mut full: Vec<OsString> = vec![format!("-chdir={}", self.dir.display()).into()];
         full.extend(args);
-        cmd::cmd(&self.program.to_string_lossy(), full).env("TF_IN_AUTOMATION", "1")
+        // Echoed as `terraform ...`: the path was found on PATH.
+        Cmd::new("terraform", full).map(|e| {
+            let e = e.env("TF_IN_AUTOMATION", "1");
+            match self.program.parent() {
+                Some(dir) => e.env("PATH", prepend_path(dir)),
+                None => e,
+            }
+        })
     }
 
     fn var_file_args(&self) -> Vec<OsString> {
@@ -98,27 +105,23 @@ impl Terraform {
 
     /// `terraform output -json`; empty when nothing is deployed.
     pub fn outputs(&self) -> anyhow::Result<Outputs> {
-        let expression = self.command(args(&["output", "-json"]));
-        let json = expression
-            .read_logged()
+        let json = self
+            .command(args(&["output", "-json"]))
+            .read()
             .context("cannot read Terraform's outputs")?;
         Outputs::parse(&json)
     }
 
-    fn run_checked(&self, expression: duct::Expression, what: &str) -> anyhow::Result<i32> {
+    fn run_checked(&self, expression: Cmd, what: &str) -> anyhow::Result<i32> {
         self.run_checked_codes(expression, what, &[0])
     }
 
     /// Runs with stdout on the terminal and stderr captured (then echoed), so a failure can
     /// be explained in one line.
-    fn run_checked_codes(
-        &self,
-        expression: duct::Expression,
-        what: &str,
-        ok_codes: &[i32],
-    ) -> anyhow::Result<i32> {
-        eprintln!("$ {expression:?}");
-        let output = expression
+    fn run_checked_codes(&self, command: Cmd, what: &str, ok_codes: &[i32]) -> anyhow::Result<i32> {
+        eprintln!("$ {command}");
+        let output = command
+            .expression()
             .stderr_capture()
             .unchecked()
             .run()
@@ -131,6 +134,13 @@ impl Terraform {
         }
         bail!("{what} failed: {}", explain_failure(&stderr));
     }
+}
+
+/// `dir` first on PATH, so the terraform found there is the one that runs.
+fn prepend_path(dir: &Path) -> OsString {
+    let rest = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&rest)))
+        .unwrap_or(rest)
 }
 
 fn args(list: &[&str]) -> Vec<OsString> {

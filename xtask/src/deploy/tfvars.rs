@@ -3,7 +3,6 @@
 //! too) and are passed with `-var-file`, so `destroy` can reuse them.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -38,17 +37,8 @@ pub fn default_path(target_dir: &Path) -> PathBuf {
 
 /// Writes `vars` as JSON, atomically (a half-written file never replaces a good one).
 pub fn write(path: &Path, vars: &GeneratedVars) -> anyhow::Result<()> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut file = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     let json = serde_json::to_string_pretty(vars).context("cannot serialise the variables")?;
-    writeln!(file, "{json}").with_context(|| format!("cannot write {}", path.display()))?;
-    file.persist(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::atomic::write(path, json + "\n")
 }
 
 /// Reads variables written by [`write`].

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use super::components::Upstream;
 use super::download::{self, DownloadError, Release};
+use crate::report::one_line;
 use crate::versions::Manifest;
 
 /// A binary that was found, and how (shown to the user).
@@ -15,6 +15,49 @@ use crate::versions::Manifest;
 pub struct Found {
     pub path: PathBuf,
     pub origin: String,
+}
+
+/// How a user names a component's binary: its `up` flag (when it has one) and its
+/// environment variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provide {
+    pub flag: Option<String>,
+    pub env_var: String,
+}
+
+impl Provide {
+    /// What to do about a missing binary: `pass --loki PATH or set STACK_LOKI_BIN`.
+    pub fn hint(&self) -> String {
+        match &self.flag {
+            Some(flag) => format!("pass {flag} PATH or set {}", self.env_var),
+            None => format!("set {}", self.env_var),
+        }
+    }
+
+    /// `--loki or STACK_LOKI_BIN`.
+    fn given_by(&self) -> String {
+        match &self.flag {
+            Some(flag) => format!("{flag} or {}", self.env_var),
+            None => self.env_var.clone(),
+        }
+    }
+
+    /// Shown as where an explicit binary came from.
+    fn origin(&self) -> String {
+        self.flag.clone().unwrap_or_else(|| self.env_var.clone())
+    }
+}
+
+/// An upstream component's binary to find.
+#[derive(Debug, Clone)]
+pub struct Upstream<'a> {
+    /// The entry in `images/versions.toml`.
+    pub component: &'a str,
+    /// Names to look for on PATH, in order (distribution packages rename some).
+    pub path_names: &'a [String],
+    /// Names of the executable inside the release archive.
+    pub archive_names: &'a [String],
+    pub provide: Provide,
 }
 
 pub struct Resolver {
@@ -25,9 +68,9 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// `Ok(Ok(found))`, or `Ok(Err(reason))` when the component cannot be had (the reason
-    /// says how to provide it), or `Err` when something is wrong that must stop `up`:
-    /// an explicit path that is not an executable, or a download failing its checksum.
+    /// `Ok(Ok(found))`, or `Ok(Err(why))` when the component cannot be had (why, without
+    /// the hint [`Provide::hint`] adds), or `Err` when something is wrong that must stop
+    /// `up`: an explicit path that is not an executable, or a download failing its checksum.
     pub fn resolve(
         &self,
         upstream: &Upstream,
@@ -36,66 +79,57 @@ impl Resolver {
         if let Some(path) = explicit {
             if !is_executable(path) {
                 anyhow::bail!(
-                    "{} (given by {} or {}) is not an executable file; fix the path or drop it \
-                     to use the PATH or the pinned release",
+                    "{} (given by {}) is not an executable file; fix the path or drop it to use \
+                     the PATH or the pinned release",
                     path.display(),
-                    upstream.flag,
-                    upstream.env_var
+                    upstream.provide.given_by()
                 );
             }
             return Ok(Ok(Found {
                 path: path.to_path_buf(),
-                origin: upstream.flag.to_string(),
+                origin: upstream.provide.origin(),
             }));
         }
         if let Some(path) = upstream
             .path_names
             .iter()
-            .find_map(|name| find_on_path(name))
+            .find_map(|name| crate::cmd::find_tool(name))
         {
             return Ok(Ok(Found {
                 path,
                 origin: "PATH".into(),
             }));
         }
-        let provide = format!(
-            "provide it with `{} PATH` (or {}=PATH)",
-            upstream.flag, upstream.env_var
-        );
         if self.offline {
-            return Ok(Err(format!(
-                "not on PATH and --offline forbids downloading; {provide}"
-            )));
+            return Ok(Err("not on PATH, no download with --offline".into()));
         }
-        match self.download(upstream) {
-            Ok(Ok(found)) => Ok(Ok(found)),
-            Ok(Err(reason)) => Ok(Err(format!("{reason}; {provide}"))),
-            Err(error) => Err(error),
-        }
+        self.download(upstream)
     }
 
     fn download(&self, upstream: &Upstream) -> anyhow::Result<Result<Found, String>> {
-        let name = upstream.manifest_name;
+        let name = upstream.component;
         let Some(manifest) = &self.manifest else {
             return Ok(Err(
-                "not on PATH and the versions manifest could not be read".into(),
+                "not on PATH, and images/versions.toml could not be read".into(),
             ));
         };
         let Some(component) = manifest.components.get(name) else {
             return Ok(Err(format!(
-                "not on PATH and images/versions.toml pins no `{name}`"
+                "not on PATH, and images/versions.toml pins no `{name}`"
             )));
         };
         let Some(arch) = release_arch() else {
             return Ok(Err(format!(
-                "not on PATH and no release is pinned for this CPU ({})",
+                "not on PATH, and no release is pinned for this CPU ({})",
                 std::env::consts::ARCH
             )));
         };
         let sha256 = match component.verified_sha256(name, arch) {
             Ok(sum) => sum.to_string(),
             // The message carries the `cargo xtask pin` hint.
-            Err(unverified) => return Ok(Err(format!("not on PATH and {unverified:#}"))),
+            Err(unverified) => {
+                return Ok(Err(format!("not on PATH, and {}", one_line(&unverified))))
+            }
         };
         let release = Release {
             id: format!("{name}-{}-{arch}", component.version),
@@ -105,7 +139,7 @@ impl Resolver {
         let dir = match download::install(&self.cache_dir, &release) {
             Ok(dir) => dir,
             Err(error @ DownloadError::ChecksumMismatch { .. }) => return Err(error.into()),
-            Err(error) => return Ok(Err(format!("not on PATH and {error:#}"))),
+            Err(error) => return Ok(Err(format!("not on PATH, and {}", one_line(&error.into())))),
         };
         let path = download::find_executable(&dir, upstream.archive_names)
             .with_context(|| format!("the pinned {name} release has an unexpected layout"))?;
@@ -141,13 +175,6 @@ pub fn default_cache_dir() -> PathBuf {
         .unwrap_or_else(|| crate::project::target_dir().join("stack-cache"))
 }
 
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata()
@@ -159,13 +186,17 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
-    const THING: Upstream = Upstream {
-        manifest_name: "thing",
-        flag: "--thing",
-        env_var: "STACK_THING_BIN",
-        path_names: &["obstack-test-no-such-binary"],
-        archive_names: &["thing"],
-    };
+    fn thing() -> Upstream<'static> {
+        Upstream {
+            component: "thing",
+            path_names: vec!["obstack-test-no-such-binary".to_string()].leak(),
+            archive_names: vec!["thing".to_string()].leak(),
+            provide: Provide {
+                flag: Some("--thing".into()),
+                env_var: "STACK_THING_BIN".into(),
+            },
+        }
+    }
 
     fn manifest(sha256: &str) -> Manifest {
         let component = crate::versions::Component {
@@ -198,44 +229,63 @@ mod tests {
     fn an_explicit_path_wins_and_a_bad_one_is_an_error() {
         let (_cache, resolver) = resolver(true, None);
         let sh = Path::new("/bin/sh");
-        let found = resolver.resolve(&THING, Some(sh)).unwrap().unwrap();
+        let found = resolver.resolve(&thing(), Some(sh)).unwrap().unwrap();
         assert_eq!(found.path, sh);
         assert_eq!(found.origin, "--thing");
         let error = resolver
-            .resolve(&THING, Some(Path::new("/nonexistent/thing")))
+            .resolve(&thing(), Some(Path::new("/nonexistent/thing")))
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("/nonexistent/thing") && error.contains("--thing"),
+            error.contains("/nonexistent/thing") && error.contains("--thing or STACK_THING_BIN"),
             "{error}"
         );
     }
 
     #[test]
-    fn offline_and_not_on_path_is_unavailable_with_how_to_provide_it() {
+    fn the_path_is_searched_by_every_name() {
+        let (_cache, resolver) = resolver(true, None);
+        let names = vec!["obstack-test-no-such-binary".to_string(), "sh".to_string()];
+        let upstream = Upstream {
+            path_names: &names,
+            ..thing()
+        };
+        let found = resolver.resolve(&upstream, None).unwrap().unwrap();
+        assert!(found.path.ends_with("sh"), "{}", found.path.display());
+        assert_eq!(found.origin, "PATH");
+    }
+
+    #[test]
+    fn offline_and_not_on_path_is_unavailable_and_the_hint_names_the_flag() {
         let (_cache, resolver) = resolver(true, Some(manifest(&"a".repeat(64))));
-        let reason = resolver.resolve(&THING, None).unwrap().unwrap_err();
-        assert!(reason.contains("--offline"), "{reason}");
-        assert!(
-            reason.contains("--thing PATH") && reason.contains("STACK_THING_BIN"),
-            "{reason}"
+        let why = resolver.resolve(&thing(), None).unwrap().unwrap_err();
+        assert_eq!(why, "not on PATH, no download with --offline");
+        assert_eq!(
+            thing().provide.hint(),
+            "pass --thing PATH or set STACK_THING_BIN"
         );
+        let no_flag = Provide {
+            flag: None,
+            env_var: "STACK_OTHER_BIN".into(),
+        };
+        assert_eq!(no_flag.hint(), "set STACK_OTHER_BIN");
     }
 
     #[test]
     fn an_unverified_pin_is_refused_with_the_pin_hint() {
         let (cache, resolver) = resolver(false, Some(manifest("unverified")));
-        let reason = resolver.resolve(&THING, None).unwrap().unwrap_err();
-        assert!(reason.contains("cargo xtask pin thing@1.0"), "{reason}");
+        let why = resolver.resolve(&thing(), None).unwrap().unwrap_err();
+        assert!(why.contains("cargo xtask pin thing@1.0"), "{why}");
+        assert!(!why.contains('\n'), "{why}");
         assert!(std::fs::read_dir(cache.path()).unwrap().next().is_none());
     }
 
     #[test]
     fn a_failed_download_is_unavailable_not_fatal() {
         let (_cache, resolver) = resolver(false, Some(manifest(&"a".repeat(64))));
-        let reason = resolver.resolve(&THING, None).unwrap().unwrap_err();
-        assert!(reason.contains("cannot download"), "{reason}");
-        assert!(reason.contains("--thing PATH"), "{reason}");
+        let why = resolver.resolve(&thing(), None).unwrap().unwrap_err();
+        assert!(why.contains("cannot download"), "{why}");
+        assert!(!why.contains('\n'), "{why}");
     }
 
     #[test]
@@ -246,7 +296,7 @@ mod tests {
                 components: BTreeMap::new(),
             }),
         );
-        let reason = resolver.resolve(&THING, None).unwrap().unwrap_err();
-        assert!(reason.contains("pins no `thing`"), "{reason}");
+        let why = resolver.resolve(&thing(), None).unwrap().unwrap_err();
+        assert!(why.contains("pins no `thing`"), "{why}");
     }
 }

@@ -1,115 +1,155 @@
-//! The components of a local stack: what each is, which port it has on the AMIs, how to
-//! tell it is healthy, and the command line its systemd unit would run.
+//! The components of a local stack: every service of the role registry with an `up` section
+//! (`images/<role>/role.toml`, `images/common/services.toml`), on its AMI port, with the
+//! command line its systemd unit would run and paths under the local stack's root.
 
 use std::ffi::OsString;
 use std::path::Path;
 
+use crate::roles::{Binary, Registry, Role, Service, UpSpec};
+
 use super::layout::Layout;
 
-/// Where a component's binary comes from.
+/// A service `up` knows how to run.
 #[derive(Debug, Clone, Copy)]
-pub enum Source {
-    /// Built from this checkout (`cargo build -p <package>`).
-    Workspace {
-        package: &'static str,
-        bin: &'static str,
-    },
-    /// An upstream release: explicit path, then PATH, then the pinned download.
-    Upstream(Upstream),
+pub struct Component<'a> {
+    /// The role whose image runs it (the agent renders that role's configs); for a common
+    /// service, the first role.
+    pub role: &'a Role,
+    pub service: &'a Service,
+    pub up: &'a UpSpec,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Upstream {
-    /// The entry in `images/versions.toml`.
-    pub manifest_name: &'static str,
-    /// How a user provides the binary: the `up` flag and its environment variable.
-    pub flag: &'static str,
-    pub env_var: &'static str,
-    /// Names to look for on PATH, in order (distribution packages rename some).
-    pub path_names: &'static [&'static str],
-    /// Names of the executable inside the release archive.
-    pub archive_names: &'static [&'static str],
-}
+impl<'a> Component<'a> {
+    /// Every service of the stack in start order: those `up` can run, and those whose
+    /// role.toml says nothing about running them locally.
+    pub fn all(registry: &'a Registry) -> (Vec<Component<'a>>, Vec<&'a Service>) {
+        let mut runnable = Vec::new();
+        let mut not_runnable = Vec::new();
+        for (role, service) in registry.services() {
+            match &service.up {
+                Some(up) => runnable.push(Component { role, service, up }),
+                None => not_runnable.push(service),
+            }
+        }
+        (runnable, not_runnable)
+    }
 
-#[derive(Debug, Clone, Copy)]
-pub struct Component {
     /// Short name shown to users and used in `state.json`.
-    pub name: &'static str,
-    /// The image role that runs it (the agent renders that role's configs).
-    pub role: &'static str,
-    /// The port the AMI uses; locally bound to 127.0.0.1.
-    pub port: u16,
-    /// Answers 2xx once the component is ready.
-    pub health_path: &'static str,
-    pub source: Source,
-}
+    pub fn name(&self) -> &'a str {
+        &self.service.name
+    }
 
-impl Component {
+    /// The port the AMI uses; locally bound to 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.service.port
+    }
+
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.port())
     }
 
     pub fn health_url(&self) -> String {
-        format!("{}{}", self.url(), self.health_path)
+        format!("{}{}", self.url(), self.service.health)
+    }
+
+    /// Where its binary comes from (checked when the registry was loaded).
+    pub fn binary(&self) -> anyhow::Result<Binary<'a>> {
+        self.up.binary().map_err(|message| {
+            anyhow::anyhow!(
+                "{}: service `{}`: {message}",
+                self.role.dir.join(crate::roles::SPEC_FILE).display(),
+                self.name()
+            )
+        })
     }
 
     /// The `EnvironmentFile=` of its systemd unit (rendered by the agent), if any.
-    pub fn env_file(&self) -> Option<&'static str> {
-        match self.name {
-            "app" => Some("/etc/default/demo-app"),
-            "prometheus" => Some("/etc/default/prometheus"),
-            _ => None,
-        }
-    }
-
-    /// Arguments for `binary`: the command line of the component's systemd unit, with paths
-    /// under the stack's root and `${VAR}`s taken from its rendered environment file.
-    pub fn args(&self, binary: &Path, layout: &Layout, env: &[(String, String)]) -> Vec<OsString> {
-        let var = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-        let root = |path: &str| layout.in_root(path).into_os_string();
-        let flag = |name: &str, path: &str| {
-            let mut arg = OsString::from(name);
-            arg.push(root(path));
-            arg
-        };
-        let listen = format!("127.0.0.1:{}", self.port);
-        match self.name {
-            // Everything comes from /etc/default/demo-app (DEMO_APP_LISTEN, DEMO_APP_LOG_FILE).
-            "app" => Vec::new(),
-            "prometheus" => vec![
-                flag("--config.file=", "/etc/prometheus/prometheus.yml"),
-                flag("--storage.tsdb.path=", "/var/lib/prometheus"),
-                "--storage.tsdb.retention.time=15d".into(),
-                format!(
-                    "--web.listen-address={}",
-                    var("PROMETHEUS_LISTEN_ADDRESS").unwrap_or(listen)
-                )
-                .into(),
-            ],
-            "loki" => vec![flag("-config.file=", "/etc/loki/config.yaml")],
-            "promtail" => vec![flag("-config.file=", "/etc/promtail/config.yaml")],
-            "grafana" => grafana_args(binary, layout),
-            "node_exporter" => vec![format!("--web.listen-address={listen}").into()],
-            _ => Vec::new(),
-        }
+    pub fn env_file(&self) -> Option<&'a str> {
+        self.up.env_file.as_deref()
     }
 
     /// Directories the component writes to, created before it starts.
-    pub fn data_dirs(&self) -> &'static [&'static str] {
-        match self.name {
-            "app" => &["/var/log/demo-app"],
-            "prometheus" => &["/var/lib/prometheus"],
-            "loki" => &["/var/lib/loki"],
-            "promtail" => &["/var/lib/promtail"],
-            "grafana" => &["/var/lib/grafana", "/var/log/grafana"],
-            _ => &[],
-        }
+    pub fn data_dirs(&self) -> &'a [String] {
+        &self.up.data_dirs
     }
+
+    /// Services it is useless without.
+    pub fn needs(&self) -> &'a [String] {
+        &self.up.needs
+    }
+
+    /// Arguments for `binary`: the command line of the component's systemd unit, with paths
+    /// under the stack's root and `{env:NAME}` taken from its rendered environment file.
+    pub fn args(
+        &self,
+        binary: &Path,
+        layout: &Layout,
+        env: &[(String, String)],
+    ) -> anyhow::Result<Vec<OsString>> {
+        let listen = format!("127.0.0.1:{}", self.port());
+        let root = layout.root();
+        // Grafana's home and subcommand depend on the binary found: see images/grafana/role.toml.
+        let mut args = if self.name() == "grafana" {
+            grafana_prefix(binary)
+        } else {
+            Vec::new()
+        };
+        for arg in &self.up.args {
+            let expanded = expand(arg, &root, &listen, env).map_err(|message| {
+                anyhow::anyhow!(
+                    "{}: service `{}`: argument `{arg}`: {message}",
+                    self.role.dir.join(crate::roles::SPEC_FILE).display(),
+                    self.name()
+                )
+            })?;
+            args.push(expanded);
+        }
+        Ok(args)
+    }
+}
+
+/// Replaces `{root}`, `{listen}` and `{env:NAME}` (the environment file's value, else
+/// `{listen}`) in one argument.
+fn expand(
+    arg: &str,
+    root: &Path,
+    listen: &str,
+    env: &[(String, String)],
+) -> Result<OsString, String> {
+    let mut out = OsString::new();
+    let mut rest = arg;
+    while let Some(start) = rest.find('{') {
+        out.push(&rest[..start]);
+        let after = &rest[start + 1..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "a `{` without its `}`".to_string())?;
+        match &after[..end] {
+            "root" => out.push(root.as_os_str()),
+            "listen" => out.push(listen),
+            placeholder => match placeholder.strip_prefix("env:") {
+                Some(name) => out.push(
+                    env.iter()
+                        .find(|(key, _)| key == name)
+                        .map_or(listen, |(_, value)| value.as_str()),
+                ),
+                None => {
+                    return Err(format!(
+                        "unknown placeholder `{{{placeholder}}}` (known: {{root}}, {{listen}}, \
+                         {{env:NAME}})"
+                    ))
+                }
+            },
+        }
+        rest = &after[end + 1..];
+    }
+    out.push(rest);
+    Ok(out)
 }
 
 /// Grafana needs its home (the unpacked release, holding `conf/defaults.ini` and `public/`).
 /// Releases ship `bin/grafana server`; older packages ship a `grafana-server` binary.
-fn grafana_args(binary: &Path, layout: &Layout) -> Vec<OsString> {
+fn grafana_prefix(binary: &Path) -> Vec<OsString> {
     let home = binary
         .parent()
         .and_then(Path::parent)
@@ -122,161 +162,163 @@ fn grafana_args(binary: &Path, layout: &Layout) -> Vec<OsString> {
     }
     args.push("--homepath".into());
     args.push(home.into_os_string());
-    args.push("--config".into());
-    args.push(layout.in_root("/etc/grafana/grafana.ini").into_os_string());
     args
 }
-
-/// Every component, in start order: log sinks before their sources, Grafana last.
-pub const COMPONENTS: [Component; 6] = [
-    Component {
-        name: "loki",
-        role: "loki",
-        port: 3100,
-        health_path: "/ready",
-        source: Source::Upstream(Upstream {
-            manifest_name: "loki",
-            flag: "--loki",
-            env_var: "STACK_LOKI_BIN",
-            path_names: &["loki"],
-            archive_names: &["loki", "loki-linux-amd64", "loki-linux-arm64"],
-        }),
-    },
-    Component {
-        name: "app",
-        role: "app",
-        port: 5000,
-        health_path: "/health",
-        source: Source::Workspace {
-            package: "demo-app",
-            bin: "demo-app",
-        },
-    },
-    Component {
-        name: "promtail",
-        role: "app",
-        port: 9080,
-        health_path: "/ready",
-        source: Source::Upstream(Upstream {
-            manifest_name: "promtail",
-            flag: "--promtail",
-            env_var: "STACK_PROMTAIL_BIN",
-            path_names: &["promtail"],
-            archive_names: &["promtail", "promtail-linux-amd64", "promtail-linux-arm64"],
-        }),
-    },
-    Component {
-        name: "node_exporter",
-        role: "app",
-        port: 9100,
-        health_path: "/metrics",
-        source: Source::Upstream(Upstream {
-            manifest_name: "node_exporter",
-            flag: "--node-exporter",
-            env_var: "STACK_NODE_EXPORTER_BIN",
-            // Debian's package names it prometheus-node-exporter.
-            path_names: &["node_exporter", "prometheus-node-exporter"],
-            archive_names: &["node_exporter"],
-        }),
-    },
-    Component {
-        name: "prometheus",
-        role: "prometheus",
-        port: 9090,
-        health_path: "/-/ready",
-        source: Source::Upstream(Upstream {
-            manifest_name: "prometheus",
-            flag: "--prometheus",
-            env_var: "STACK_PROMETHEUS_BIN",
-            path_names: &["prometheus"],
-            archive_names: &["prometheus"],
-        }),
-    },
-    Component {
-        name: "grafana",
-        role: "grafana",
-        port: 3000,
-        health_path: "/api/health",
-        source: Source::Upstream(Upstream {
-            manifest_name: "grafana",
-            flag: "--grafana",
-            env_var: "STACK_GRAFANA_BIN",
-            path_names: &["grafana", "grafana-server"],
-            archive_names: &["grafana"],
-        }),
-    },
-];
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn registry() -> Registry {
+        Registry::load_default().unwrap()
+    }
+
+    fn component<'a>(registry: &'a Registry, name: &str) -> Component<'a> {
+        Component::all(registry)
+            .0
+            .into_iter()
+            .find(|c| c.name() == name)
+            .unwrap_or_else(|| panic!("no runnable service {name}"))
+    }
+
     #[test]
-    fn ports_are_the_amis_ports_and_unique() {
-        let port = |name: &str| COMPONENTS.iter().find(|c| c.name == name).unwrap().port;
+    fn every_service_runs_locally_on_its_ami_port_once() {
+        let registry = registry();
+        let (components, not_runnable) = Component::all(&registry);
+        assert!(not_runnable.is_empty(), "every service has an `up` section");
+        let port = |name: &str| component(&registry, name).port();
         assert_eq!(port("app"), 5000);
         assert_eq!(port("prometheus"), 9090);
         assert_eq!(port("loki"), 3100);
         assert_eq!(port("grafana"), 3000);
         assert_eq!(port("promtail"), 9080);
         assert_eq!(port("node_exporter"), 9100);
-        let mut ports: Vec<u16> = COMPONENTS.iter().map(|c| c.port).collect();
+        let mut ports: Vec<u16> = components.iter().map(Component::port).collect();
         ports.sort_unstable();
         ports.dedup();
-        assert_eq!(ports.len(), COMPONENTS.len());
+        assert_eq!(ports.len(), components.len());
+        let names: Vec<&str> = components.iter().map(Component::name).collect();
+        assert_eq!(
+            names,
+            [
+                "loki",
+                "app",
+                "promtail",
+                "prometheus",
+                "grafana",
+                "node_exporter"
+            ],
+            "start order: log sinks before their sources, Grafana after its datasources"
+        );
+        assert_eq!(
+            component(&registry, "app").binary().unwrap(),
+            Binary::Workspace {
+                package: "demo-app",
+                bin: "demo-app"
+            }
+        );
     }
 
     #[test]
     fn every_config_path_is_under_the_stack_root() {
+        let registry = registry();
         let layout = Layout::at("/tmp/obstack-test".into());
-        for component in COMPONENTS {
-            let binary = Path::new("/nonexistent/bin").join(component.name);
-            for arg in component.args(&binary, &layout, &[]) {
+        for component in Component::all(&registry).0 {
+            let binary = Path::new("/nonexistent/bin").join(component.name());
+            let args = component.args(&binary, &layout, &[]).unwrap();
+            for arg in args {
                 let arg = arg.to_string_lossy().into_owned();
+                assert!(!arg.contains(['{', '}']), "{}: {arg}", component.name());
                 if arg.contains("/etc/") || arg.contains("/var/") {
                     assert!(
                         arg.contains("/tmp/obstack-test/root/"),
                         "{}: {arg}",
-                        component.name
+                        component.name()
                     );
                 }
+            }
+            for dir in component.data_dirs() {
+                assert!(
+                    layout.in_root(dir).starts_with("/tmp/obstack-test/root/"),
+                    "{dir}"
+                );
             }
         }
     }
 
     #[test]
     fn prometheus_listens_where_its_environment_file_says() {
+        let registry = registry();
         let layout = Layout::at("/tmp/obstack-test".into());
-        let prometheus = COMPONENTS.iter().find(|c| c.name == "prometheus").unwrap();
+        let prometheus = component(&registry, "prometheus");
+        assert_eq!(prometheus.env_file(), Some("/etc/default/prometheus"));
         let env = [(
             "PROMETHEUS_LISTEN_ADDRESS".to_string(),
             "127.0.0.1:9999".to_string(),
         )];
-        let args = prometheus.args(Path::new("/usr/bin/prometheus"), &layout, &env);
+        let binary = Path::new("/usr/bin/prometheus");
+        let args = prometheus.args(binary, &layout, &env).unwrap();
         assert!(
             args.iter()
                 .any(|a| a == "--web.listen-address=127.0.0.1:9999"),
-            "{args:?}"
+            "{}",
+            lossy(&args)
         );
-        let args = prometheus.args(Path::new("/usr/bin/prometheus"), &layout, &[]);
+        let args = prometheus.args(binary, &layout, &[]).unwrap();
         assert!(
             args.iter()
                 .any(|a| a == "--web.listen-address=127.0.0.1:9090"),
-            "{args:?}"
+            "{}",
+            lossy(&args)
         );
+        assert!(args
+            .iter()
+            .any(|a| a == "--config.file=/tmp/obstack-test/root/etc/prometheus/prometheus.yml"));
     }
 
     #[test]
     fn grafana_releases_run_the_server_subcommand_from_their_home() {
+        let registry = registry();
+        let grafana = component(&registry, "grafana");
         let home = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(home.path().join("conf")).unwrap();
         std::fs::write(home.path().join("conf/defaults.ini"), "").unwrap();
         let layout = Layout::at("/tmp/obstack-test".into());
-        let args = grafana_args(&home.path().join("bin/grafana"), &layout);
+        let args = grafana
+            .args(&home.path().join("bin/grafana"), &layout, &[])
+            .unwrap();
         assert_eq!(args[0], "server");
+        assert_eq!(args[1], "--homepath");
         assert_eq!(args[2], home.path().as_os_str());
-        let legacy = grafana_args(Path::new("/usr/sbin/grafana-server"), &layout);
+        assert_eq!(args[3], "--config");
+        assert_eq!(args[4], "/tmp/obstack-test/root/etc/grafana/grafana.ini");
+        let legacy = grafana
+            .args(Path::new("/usr/sbin/grafana-server"), &layout, &[])
+            .unwrap();
         assert_eq!(legacy[0], "--homepath");
         assert_eq!(legacy[1], "/usr/share/grafana");
+    }
+
+    #[test]
+    fn placeholders_are_expanded_and_unknown_ones_refused() {
+        let root = Path::new("/r");
+        let env = [("ADDR".to_string(), "0.0.0.0:1".to_string())];
+        let expand = |arg: &str| expand(arg, root, "127.0.0.1:9", &env);
+        assert_eq!(expand("-c={root}/etc/x").unwrap(), "-c=/r/etc/x");
+        assert_eq!(expand("{listen}").unwrap(), "127.0.0.1:9");
+        assert_eq!(expand("--l={env:ADDR}").unwrap(), "--l=0.0.0.0:1");
+        assert_eq!(expand("--l={env:NOPE}").unwrap(), "--l=127.0.0.1:9");
+        assert_eq!(expand("plain").unwrap(), "plain");
+        assert!(expand("{home}")
+            .unwrap_err()
+            .contains("unknown placeholder `{home}`"));
+        assert!(expand("{root").unwrap_err().contains("without its"));
+    }
+
+    fn lossy(args: &[OsString]) -> String {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }

@@ -179,12 +179,12 @@ fn unpack(archive: &Path, url: &str, into: &Path) -> anyhow::Result<()> {
 }
 
 /// Finds the executable called one of `names` in an install directory.
-pub fn find_executable(dir: &Path, names: &[&str]) -> anyhow::Result<PathBuf> {
-    for name in names {
+pub fn find_executable<S: AsRef<str>>(dir: &Path, names: &[S]) -> anyhow::Result<PathBuf> {
+    for name in names.iter().map(AsRef::as_ref) {
         let found = walkdir::WalkDir::new(dir)
             .into_iter()
             .filter_map(Result::ok)
-            .find(|entry| entry.file_type().is_file() && entry.file_name() == *name);
+            .find(|entry| entry.file_type().is_file() && entry.file_name() == name);
         if let Some(entry) = found {
             let path = entry.into_path();
             // Zip archives do not always carry the executable bit.
@@ -192,6 +192,7 @@ pub fn find_executable(dir: &Path, names: &[&str]) -> anyhow::Result<PathBuf> {
             return Ok(path);
         }
     }
+    let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
     anyhow::bail!(
         "{} holds no executable named {}",
         dir.display(),

@@ -96,7 +96,8 @@ pub fn wait_all(
                 .map(|(check, _)| format!("{} (log: {})", check.name, check.log.display()))
                 .collect();
             break Err(anyhow::anyhow!(
-                "not healthy within {timeout:?}: {}; raise --timeout or read the logs",
+                "not healthy within {}: {}; raise --timeout or read the logs",
+                humantime::format_duration(timeout),
                 waiting.join(", ")
             ));
         }
@@ -174,7 +175,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            error.contains("not healthy within") && error.contains("silent"),
+            error.contains("not healthy within 300ms") && error.contains("silent"),
             "{error}"
         );
     }

@@ -1,62 +1,103 @@
 //! Rendering the stack's files exactly as the images do: each role's static `rootfs/` is
 //! copied and its templates are rendered by the agent's own library from a local tag set
-//! (peers on 127.0.0.1) instead of the instance's EC2 tags. All four roles share one root
+//! (peers on 127.0.0.1) instead of the instance's EC2 tags. All roles share one root
 //! directory, as if they were one machine.
+//!
+//! The local tags tell the truth about what runs: a peer is tagged only when its service
+//! runs, and every service that does not is named in `obstack:absent`, so Prometheus
+//! scrapes only what runs, and only the files of running services are rendered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Context;
 use stack_agent::tags::{self, Tags};
 use stack_agent::{Ownership, RenderedFile, RoleSpec};
 
-use super::components::Component;
 use super::layout::Layout;
+use crate::roles::Registry;
 
 /// The instance id templates see locally.
 const INSTANCE_ID: &str = "local";
 
-/// The tags a local stack would carry on EC2: every peer on loopback, at its AMI port.
-pub fn local_tags(role: &str, components: &[Component]) -> Tags {
+/// The tags a local stack running the services `running` would carry on EC2: the peers that
+/// run on loopback at their AMI ports, and the services that do not in `obstack:absent`.
+pub fn local_tags(registry: &Registry, role: &str, running: &BTreeSet<&str>) -> Tags {
     let mut tags = Tags::new();
     tags.insert(tags::ROLE.into(), role.into());
     tags.insert(tags::BIND_ADDRESS.into(), "127.0.0.1".into());
-    for component in components.iter().filter(|c| c.role == c.name) {
-        tags.insert(
-            tags::peer_key(component.name),
-            format!("127.0.0.1:{}", component.port),
-        );
+    for peer in registry.roles() {
+        if let Some(service) = peer.main_service() {
+            if running.contains(service.name.as_str()) {
+                tags.insert(
+                    tags::peer_key(&peer.name),
+                    format!("127.0.0.1:{}", service.port),
+                );
+            }
+        }
+    }
+    let absent: Vec<&str> = registry
+        .services()
+        .into_iter()
+        .map(|(_, service)| service.name.as_str())
+        .filter(|name| !running.contains(name))
+        .collect();
+    if !absent.is_empty() {
+        tags.insert(tags::ABSENT.into(), absent.join(","));
     }
     tags
 }
 
-/// Copies static files and renders the configs of `roles` under the layout's root.
+/// Copies static files and renders, under the layout's root, the configs of every role that
+/// runs one of `running` (service names); a file no running service reads is left out.
 pub fn render_roles(
     layout: &Layout,
-    images_dir: &Path,
-    roles: &[&str],
-    components: &[Component],
+    registry: &Registry,
+    running: &BTreeSet<&str>,
 ) -> anyhow::Result<()> {
+    let images_dir = registry.images_dir();
     let root = layout.root();
     let root_text = root
         .to_str()
         .with_context(|| format!("the stack directory {} is not valid UTF-8", root.display()))?;
     copy_tree(&images_dir.join("common/rootfs"), &root)?;
     // Kept for reference: `stack-agent render --tags-from file:<this>` reads the same tags.
-    write_tags_file(&layout.tags_file(), &local_tags("", components))?;
-    for role in roles {
-        copy_tree(&images_dir.join(role).join("rootfs"), &root)?;
-        let tags = local_tags(role, components);
-        let spec = RoleSpec::load(images_dir, role)
-            .with_context(|| format!("cannot load the {role} role spec"))?;
+    write_tags_file(&layout.tags_file(), &local_tags(registry, "", running))?;
+    let common_units = registry
+        .common_services()
+        .iter()
+        .filter(|s| running.contains(s.name.as_str()))
+        .map(|s| s.unit.as_str());
+    let common_units: Vec<&str> = common_units.collect();
+    for role in registry.roles() {
+        let units: BTreeSet<&str> = role
+            .services
+            .iter()
+            .filter(|s| running.contains(s.name.as_str()))
+            .map(|s| s.unit.as_str())
+            .collect();
+        if units.is_empty() {
+            continue;
+        }
+        let role_name = role.name.as_str();
+        copy_tree(&role.dir.join("rootfs"), &root)?;
+        let tags = local_tags(registry, role_name, running);
+        let mut spec = RoleSpec::load(images_dir, role_name)
+            .with_context(|| format!("cannot load the {role_name} role spec"))?;
+        spec.files.retain(|file| {
+            file.services.is_empty()
+                || file.services.iter().any(|unit| {
+                    units.contains(unit.as_str()) || common_units.contains(&unit.as_str())
+                })
+        });
         let files = stack_agent::render_spec(&spec, &tags, root_text, INSTANCE_ID)
-            .with_context(|| format!("cannot render the {role} role's configs"))?;
+            .with_context(|| format!("cannot render the {role_name} role's configs"))?;
         // Locally nothing is chowned: the files belong to whoever runs `up`.
         stack_agent::write_files(&files, Ownership::Ignore)
-            .with_context(|| format!("cannot write the {role} role's configs"))?;
+            .with_context(|| format!("cannot write the {role_name} role's configs"))?;
         write_local_secrets(&spec, layout)?;
         stack_agent::ensure_generated(&spec, root_text, Ownership::Ignore)
-            .with_context(|| format!("cannot generate the {role} role's secrets"))?;
+            .with_context(|| format!("cannot generate the {role_name} role's secrets"))?;
     }
     Ok(())
 }
@@ -101,7 +142,7 @@ fn write_tags_file(path: &Path, tags: &Tags) -> anyhow::Result<()> {
         .map(|(key, value)| (key.as_str(), value.as_str()))
         .collect();
     let text = serde_json::to_string_pretty(&json).context("cannot serialise the tags")?;
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+    crate::atomic::write(path, text + "\n")
 }
 
 /// Copies every file under `from` to the same relative path under `to` (skipping a missing
@@ -156,34 +197,146 @@ pub fn read_env_file(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::up::components::COMPONENTS;
+
+    fn registry() -> Registry {
+        Registry::load_default().unwrap()
+    }
+
+    fn all_services(registry: &Registry) -> BTreeSet<&str> {
+        registry
+            .services()
+            .into_iter()
+            .map(|(_, s)| s.name.as_str())
+            .collect()
+    }
+
+    /// `(job, target)` of every scrape target in a rendered prometheus.yml (the template's
+    /// one-target-per-line layout).
+    fn scrape_targets(config: &str) -> Vec<(String, String)> {
+        let mut job = String::new();
+        let mut targets = Vec::new();
+        for line in config.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix("- job_name:") {
+                job = name.trim().to_string();
+            } else if let Some(list) = line.strip_prefix("- targets:") {
+                let list = list.trim().trim_start_matches('[').trim_end_matches(']');
+                for target in list.split(',') {
+                    targets.push((job.clone(), target.trim().trim_matches('"').to_string()));
+                }
+            }
+        }
+        targets
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
 
     #[test]
-    fn local_tags_put_every_role_on_loopback() {
-        let tags = local_tags("prometheus", &COMPONENTS);
+    fn local_tags_put_running_peers_on_loopback_and_name_the_rest_absent() {
+        let registry = registry();
+        let all = all_services(&registry);
+        let tags = local_tags(&registry, "prometheus", &all);
         assert_eq!(tags["obstack:peer:app"], "127.0.0.1:5000");
         assert_eq!(tags["obstack:peer:loki"], "127.0.0.1:3100");
         assert_eq!(tags["obstack:peer:prometheus"], "127.0.0.1:9090");
         assert_eq!(tags["obstack:peer:grafana"], "127.0.0.1:3000");
         assert_eq!(tags["obstack:bind-address"], "127.0.0.1");
         assert!(!tags.contains_key("obstack:peer:promtail"));
+        assert!(!tags.contains_key("obstack:absent"), "everything runs");
         for key in tags.keys() {
             assert_eq!(tags::check_key(key), Ok(()), "{key}");
         }
+
+        let running = BTreeSet::from(["app", "prometheus"]);
+        let tags = local_tags(&registry, "prometheus", &running);
+        let peers: Vec<&str> = tags
+            .keys()
+            .filter_map(|k| k.strip_prefix("obstack:peer:"))
+            .collect();
+        assert_eq!(peers, ["app", "prometheus"]);
+        assert_eq!(
+            tags["obstack:absent"], "loki,promtail,grafana,node_exporter",
+            "start order"
+        );
+        assert!(tags::parse_absent(&tags["obstack:absent"]).is_ok());
     }
 
     #[test]
-    fn every_role_renders_under_the_root_with_a_local_grafana_password() {
+    fn a_stack_of_app_prometheus_and_node_exporter_scrapes_exactly_those_once() {
+        let registry = registry();
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::at(dir.path().to_path_buf());
-        let roles = crate::project::ROLES;
-        render_roles(&layout, &crate::project::images_dir(), &roles, &COMPONENTS).unwrap();
+        let running = BTreeSet::from(["app", "prometheus", "node_exporter"]);
+        render_roles(&layout, &registry, &running).unwrap();
+        let root = layout.root();
+        let config = std::fs::read_to_string(root.join("etc/prometheus/prometheus.yml")).unwrap();
+        assert_eq!(
+            scrape_targets(&config),
+            pairs(&[
+                ("demo-app", "127.0.0.1:5000"),
+                ("prometheus", "127.0.0.1:9090"),
+                ("node", "127.0.0.1:9100"),
+            ]),
+            "{config}"
+        );
+        // Only the running services' files: no Loki, Promtail or Grafana config.
+        assert!(root.join("etc/default/demo-app").is_file());
+        assert!(root.join("etc/default/prometheus").is_file());
+        for path in [
+            "etc/promtail/config.yaml",
+            "etc/loki/config.yaml",
+            "etc/grafana/grafana.ini",
+        ] {
+            assert!(!root.join(path).exists(), "{path} rendered");
+        }
+        let tags = std::fs::read_to_string(layout.tags_file()).unwrap();
+        assert!(
+            tags.contains(r#""obstack:absent": "loki,promtail,grafana""#),
+            "{tags}"
+        );
+
+        // Without node_exporter there is no node job at all (and so nothing to miss).
+        let running = BTreeSet::from(["app", "prometheus"]);
+        render_roles(&layout, &registry, &running).unwrap();
+        let config = std::fs::read_to_string(root.join("etc/prometheus/prometheus.yml")).unwrap();
+        assert_eq!(
+            scrape_targets(&config),
+            pairs(&[
+                ("demo-app", "127.0.0.1:5000"),
+                ("prometheus", "127.0.0.1:9090"),
+            ]),
+            "{config}"
+        );
+    }
+
+    #[test]
+    fn the_whole_stack_renders_under_the_root_with_one_node_target_and_a_local_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::at(dir.path().to_path_buf());
+        let registry = registry();
+        let all = all_services(&registry);
+        render_roles(&layout, &registry, &all).unwrap();
         let root = layout.root();
         let prometheus =
             std::fs::read_to_string(root.join("etc/prometheus/prometheus.yml")).unwrap();
-        assert!(prometheus.contains("127.0.0.1:5000"), "{prometheus}");
         assert!(
             prometheus.contains(&root.display().to_string()),
+            "{prometheus}"
+        );
+        // One machine: its node_exporter is scraped once, not once per role.
+        assert_eq!(
+            scrape_targets(&prometheus),
+            pairs(&[
+                ("demo-app", "127.0.0.1:5000"),
+                ("prometheus", "127.0.0.1:9090"),
+                ("node", "127.0.0.1:9100"),
+                ("promtail", "127.0.0.1:9080"),
+                ("loki", "127.0.0.1:3100"),
+                ("grafana", "127.0.0.1:3000"),
+            ]),
             "{prometheus}"
         );
         assert!(root.join("etc/loki/config.yaml").is_file());
@@ -212,7 +365,7 @@ mod tests {
         );
 
         // A second render keeps the password (Grafana stored it on first start).
-        render_roles(&layout, &crate::project::images_dir(), &roles, &COMPONENTS).unwrap();
+        render_roles(&layout, &registry, &all).unwrap();
         assert_eq!(std::fs::read_to_string(&password_file).unwrap(), password);
     }
 

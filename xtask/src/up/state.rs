@@ -57,15 +57,9 @@ impl StackState {
 
     /// Writes atomically, so `ps` never reads half a file.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let mut file = tempfile::NamedTempFile::new_in(dir)
-            .with_context(|| format!("cannot write in {}", dir.display()))?;
-        serde_json::to_writer_pretty(&mut file, self)
-            .context("cannot serialise the stack state")?;
-        file.persist(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(())
+        let text =
+            serde_json::to_string_pretty(self).context("cannot serialise the stack state")?;
+        crate::atomic::write(path, text)
     }
 
     pub fn remove(path: &Path) -> anyhow::Result<()> {

@@ -6,14 +6,29 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::types::{Filter, Image, Tag};
 use serde_json::Value;
+use xtask::roles::Registry;
 
 /// moto's built-in Canonical images stand in for Ubuntu 24.04.
-pub const MOTO_BASE_AMI_NAME: &str = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*";
-pub const ROLES: [&str; 4] = ["loki", "app", "prometheus", "grafana"];
+pub const MOTO_BASE_AMI_NAME: &str = xtask::moto::BASE_AMI_NAME;
+
+/// The role registry of the checkout's `images/` (the sandbox bakes a copy of it).
+pub fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        Registry::load(&testkit::workspace_root().join("images"))
+            .unwrap_or_else(|e| panic!("the role registry: {e}"))
+    })
+}
+
+/// Every role, in the registry's (start) order.
+pub fn roles() -> Vec<&'static str> {
+    registry().names()
+}
 
 pub struct Sandbox {
     pub moto: testkit::Moto,
@@ -31,10 +46,7 @@ impl Sandbox {
             &testkit::workspace_root().join("images"),
             &dir.path().join("images"),
         );
-        let artifacts = dir.path().join("artifacts");
-        std::fs::create_dir_all(&artifacts).unwrap();
-        std::fs::write(artifacts.join("demo-app"), b"stand-in demo-app").unwrap();
-        std::fs::write(artifacts.join("stack-agent"), b"stand-in stack-agent").unwrap();
+        write_stand_in_binaries(&dir.path().join("artifacts"), registry());
         let config = aws_sdk_ec2::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -143,6 +155,15 @@ impl Sandbox {
     }
 }
 
+/// A stand-in for every workspace binary an image ships (`OBSTACK_ARTIFACTS_DIR`), so a
+/// bake builds nothing.
+pub fn write_stand_in_binaries(dir: &Path, registry: &Registry) {
+    std::fs::create_dir_all(dir).unwrap();
+    for binary in registry.workspace_binaries() {
+        std::fs::write(dir.join(&binary), format!("stand-in {binary}")).unwrap();
+    }
+}
+
 /// Tags AMI `id` as the bake tags one of `role` with `hash`.
 pub async fn tag_as_baked(client: &aws_sdk_ec2::Client, id: &str, role: &str, hash: &str) {
     let tags = [
@@ -213,7 +234,7 @@ pub fn flip_last_byte(path: &Path) {
 }
 
 /// Copies what a bake reads: `versions.toml`, `plugins.pkr.hcl`, `common/` and the roles.
-fn copy_images(from: &Path, to: &Path) {
+pub fn copy_images(from: &Path, to: &Path) {
     for entry in walkdir::WalkDir::new(from) {
         let entry = entry.unwrap();
         let relative = entry.path().strip_prefix(from).unwrap();

@@ -1,5 +1,6 @@
 //! Running Packer 1.6.6 in tests: a sealed environment (no phoning home, no user config, a
-//! throwaway cache), and var files shaped exactly like the ones `cargo xtask bake` writes.
+//! throwaway cache), the roles from the registry, and the very var files `cargo xtask bake`
+//! writes (xtask's `VarFile`).
 //!
 //! Each test binary uses only part of this module.
 #![allow(dead_code)]
@@ -8,15 +9,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use serde_json::{json, Value};
-
-/// Every role the template builds.
-pub const ROLES: [&str; 4] = ["app", "prometheus", "loki", "grafana"];
-
-/// `images/` in the checkout.
-pub fn images_dir() -> PathBuf {
-    testkit::workspace_root().join("images")
-}
+pub use image_checks::{images_dir, registry, roles};
+use serde_json::Value;
+use xtask::bake::base::{self, BaseAmi};
+use xtask::bake::vars::{Common, VarFile};
+use xtask::versions::{Component, Manifest};
 
 /// The directory of the one Packer template, as `cargo xtask bake` passes it to Packer.
 pub fn template_dir() -> PathBuf {
@@ -54,89 +51,71 @@ pub fn describe(output: &Output) -> String {
     )
 }
 
-/// One component of images/versions.toml, as far as the var file needs it.
-#[derive(Debug, serde::Deserialize)]
-pub struct Component {
-    pub version: String,
-    pub roles: Vec<String>,
-    pub url: String,
-    pub sha256: BTreeMap<String, String>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct Manifest {
-    components: BTreeMap<String, Component>,
+/// The checked-in versions manifest.
+pub fn manifest() -> Manifest {
+    Manifest::load(&images_dir().join("versions.toml")).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// The components `role` ships, by name, from the checked-in manifest.
 pub fn components_for(role: &str) -> BTreeMap<String, Component> {
-    let text = std::fs::read_to_string(images_dir().join("versions.toml")).unwrap();
-    let manifest: Manifest = toml::from_str(&text).unwrap();
-    manifest
-        .components
-        .into_iter()
-        .filter(|(_, component)| component.roles.iter().any(|r| r == role))
+    manifest()
+        .for_role(role)
+        .map(|(name, component)| (name.to_string(), component.clone()))
         .collect()
 }
 
-/// A var file for `role` with every variable the bake passes (images/README.md), built from
-/// the real versions manifest, plus `extra` on top. The artifacts directory holds stand-in
-/// binaries: validate and the smoke source never run them.
+/// The revision the sample var files carry.
+pub const GIT_REVISION: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// The var file `cargo xtask bake` writes for `role` (xtask's own `VarFile`, from the real
+/// versions manifest and the registry's role), then `extra` on top. The base image is the
+/// template's default (Canonical's Ubuntu 24.04) unless `extra` says otherwise; the
+/// artifacts directory holds stand-in binaries: validate and the smoke source never run them.
 pub fn write_var_file(dir: &Path, role: &str, input_hash: &str, extra: Value) -> PathBuf {
     let artifacts = dir.join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    for binary in ["demo-app", "stack-agent"] {
+    for binary in registry().workspace_binaries() {
         std::fs::write(artifacts.join(binary), "#!/bin/sh\n").unwrap();
     }
-    let components = components_for(role);
-    let versions: BTreeMap<_, _> = components.iter().map(|(n, c)| (n, &c.version)).collect();
-    let urls: BTreeMap<_, _> = components
-        .iter()
-        .map(|(n, c)| {
-            (
-                n,
-                c.url
-                    .replace("{version}", &c.version)
-                    .replace("{arch}", "amd64"),
-            )
-        })
-        .collect();
-    let sums: BTreeMap<_, _> = components
-        .iter()
-        .map(|(n, c)| (n, &c.sha256["amd64"]))
-        .collect();
-    let shipped = if role == "app" {
-        vec!["demo-app", "stack-agent"]
-    } else {
-        vec!["stack-agent"]
+    let base = BaseAmi {
+        id: "ami-0123456789abcdef0".to_string(),
+        name: base::DEFAULT_NAME.to_string(),
+        owner: base::DEFAULT_OWNER.to_string(),
     };
-    let mut vars = json!({
-        "role": role,
-        "artifacts": shipped,
-        "region": "us-east-1",
-        "input_hash": input_hash,
-        "git_revision": "0123456789abcdef0123456789abcdef01234567",
-        "artifacts_dir": artifacts,
-        "component_versions": versions,
-        "component_urls": urls,
-        "component_sha256": sums,
-        "manifest_path": dir.join(format!("{role}-manifest.json")),
-    });
-    if let (Some(vars), Value::Object(extra)) = (vars.as_object_mut(), extra) {
-        vars.extend(extra);
+    let common = Common {
+        region: "us-east-1",
+        git_revision: GIT_REVISION,
+        artifacts_dir: &artifacts,
+        base: &base,
+        ec2_endpoint: "",
+        // As a golden bake: every amd64 checksum must be verified.
+        require_verified: true,
+    };
+    let role = registry().role(role).unwrap_or_else(|e| panic!("{e}"));
+    let manifest_path = dir.join(format!("{}-manifest.json", role.name));
+    let var_file = VarFile::new(role, input_hash, &manifest(), &common, &manifest_path)
+        .unwrap_or_else(|e| panic!("the var file of {}: {e:#}", role.name));
+    let path = dir.join(format!("{}.pkrvars.json", role.name));
+    var_file
+        .write(&path)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+    if let Value::Object(extra) = extra {
+        if !extra.is_empty() {
+            let mut vars: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            vars.as_object_mut().unwrap().extend(extra);
+            std::fs::write(&path, serde_json::to_vec_pretty(&vars).unwrap()).unwrap();
+        }
     }
-    let path = dir.join(format!("{role}.pkrvars.json"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&vars).unwrap()).unwrap();
     path
 }
 
-/// A distinct, valid input hash per role, so tests can tell the AMIs apart.
+/// A distinct, valid input hash per role (one hex digit repeated, by the role's place in
+/// the registry), so tests can tell the AMIs apart.
 pub fn sample_hash(role: &str) -> String {
-    let digit = match role {
-        "app" => 'a',
-        "prometheus" => 'b',
-        "loki" => 'c',
-        _ => 'd',
-    };
+    let index = roles()
+        .iter()
+        .position(|r| *r == role)
+        .unwrap_or_else(|| panic!("no role `{role}` in the registry"));
+    let digit = char::from_digit((10 + index as u32) % 16, 16).unwrap();
     std::iter::repeat_n(digit, 64).collect()
 }

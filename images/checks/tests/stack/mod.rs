@@ -8,11 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+pub use image_checks::{images_dir, registry, roles};
 use serde_json::Value;
 use stack_agent::RenderedFile;
-
-/// Every role with an image.
-pub const ROLES: [&str; 4] = ["app", "prometheus", "loki", "grafana"];
 
 /// The peers' private addresses in the sample deployment.
 pub const APP_IP: &str = "10.0.1.10";
@@ -23,33 +21,55 @@ pub const GRAFANA_IP: &str = "10.0.1.13";
 /// The instance id the sample renders use.
 pub const INSTANCE_ID: &str = "i-0123456789abcdef0";
 
-/// The SSM parameter *name* tagged on Grafana (never a password).
+/// The SSM parameter *name* tagged on Grafana (never a password): [`sample_parameter`]'s
+/// name for its admin password file.
 pub const GRAFANA_PASSWORD_PARAM: &str = "/obstack/grafana/admin-password";
 
-/// `images/` in the checkout: the agent's `--spec-dir` there.
-pub fn images_dir() -> PathBuf {
-    testkit::workspace_root().join("images")
+/// The sample SSM parameter name of a role's secret file: `/obstack/<role>/<file-name>`,
+/// `_` written as `-`.
+pub fn sample_parameter(role: &str, secret_path: &str) -> String {
+    let name = secret_path.rsplit('/').next().unwrap_or(secret_path);
+    format!("/obstack/{role}/{}", name.replace('_', "-"))
 }
 
-/// The tags Terraform puts on `role`'s instance, every optional peer included.
+/// `role`'s private address in the sample deployment: the named ones above, and one of
+/// 10.0.2.0/24 (by its place in the registry) for any other role.
+pub fn sample_ip(role: &str) -> String {
+    let named = [
+        ("app", APP_IP),
+        ("loki", LOKI_IP),
+        ("prometheus", PROMETHEUS_IP),
+        ("grafana", GRAFANA_IP),
+    ];
+    match named.iter().find(|(name, _)| *name == role) {
+        Some((_, ip)) => ip.to_string(),
+        None => {
+            let index = roles()
+                .iter()
+                .position(|r| *r == role)
+                .unwrap_or_else(|| panic!("no role `{role}` in the registry"));
+            format!("10.0.2.{}", 10 + index)
+        }
+    }
+}
+
+/// The tags Terraform puts on `role`'s instance: a peer tag for every peer of its role.toml
+/// (the registry's `peers`, optional ones included), and the parameter name of every secret.
 pub fn sample_tags(role: &str) -> BTreeMap<String, String> {
-    let peers: &[(&str, &str)] = match role {
-        "app" => &[("loki", LOKI_IP)],
-        "prometheus" => &[("app", APP_IP), ("loki", LOKI_IP), ("grafana", GRAFANA_IP)],
-        "loki" => &[],
-        "grafana" => &[("prometheus", PROMETHEUS_IP), ("loki", LOKI_IP)],
-        other => panic!("no sample tags for role `{other}`"),
-    };
-    let mut tags: BTreeMap<String, String> = peers
-        .iter()
-        .map(|(name, ip)| (format!("obstack:peer:{name}"), ip.to_string()))
+    let spec = registry().role(role).unwrap_or_else(|e| panic!("{e}"));
+    let mut tags: BTreeMap<String, String> = spec
+        .peers
+        .keys()
+        .map(|peer| (format!("obstack:peer:{peer}"), sample_ip(peer)))
         .collect();
     tags.insert("obstack:role".into(), role.into());
     tags.insert("obstack:project".into(), "obstack".into());
-    if role == "grafana" {
+    let agent_spec = stack_agent::RoleSpec::load(&images_dir(), role)
+        .unwrap_or_else(|e| panic!("role `{role}`: {e}"));
+    for secret in &agent_spec.secrets {
         tags.insert(
-            "obstack:grafana-admin-password-param".into(),
-            GRAFANA_PASSWORD_PARAM.into(),
+            secret.name_tag.clone(),
+            sample_parameter(role, &secret.path),
         );
     }
     tags

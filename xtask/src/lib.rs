@@ -1,0 +1,27 @@
+//! The operator's commands as a library: `main.rs` parses the command line and calls the
+//! command's `run`; tests and `testkit` use the same public API.
+//!
+//! One module per command (`bake`, `deploy`, `images`, `prune`, `pin`, `up`, `bench`), the
+//! role registry (`roles`), wrappers for AWS (`ami`), Packer (`packer`) and processes
+//! (`cmd`), and small shared helpers (`table`, `atomic`, `report`, `moto`).
+
+pub mod ami;
+pub mod atomic;
+pub mod bake;
+pub mod bench;
+pub mod cargo_env;
+pub mod cli;
+pub mod cmd;
+pub mod deploy;
+pub mod hash;
+pub mod images;
+pub mod moto;
+pub mod packer;
+pub mod pin;
+pub mod project;
+pub mod prune;
+pub mod report;
+pub mod roles;
+pub mod table;
+pub mod up;
+pub mod versions;
