@@ -162,10 +162,12 @@ impl fmt::Display for Cmd {
 /// One word as a POSIX shell would need it written.
 fn quote(word: &OsStr) -> String {
     let text = word.to_string_lossy();
+    // A NUL byte cannot be passed to a process anyway (and shlex refuses to quote it):
+    // show it as the two characters `\0`, then quote the rest as usual.
+    let text = text.replace('\0', "\\0");
     match shlex::try_quote(&text) {
         Ok(quoted) => quoted.into_owned(),
-        // A NUL byte cannot be passed to a process anyway; show it escaped.
-        Err(_) => format!("{text:?}"),
+        Err(_) => text,
     }
 }
 
@@ -197,6 +199,7 @@ mod tests {
             command.line(),
             "packer build '-var-file=/tmp/a b.json' \"it's\" x"
         );
+        assert_eq!(Cmd::new("echo", ["a\0b"]).line(), r#"echo "a\\0b""#);
         let cargo = Cmd::cargo(["build", "--release", "-p", "demo-app"]);
         assert_eq!(cargo.line(), "cargo build --release -p demo-app");
     }
