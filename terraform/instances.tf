@@ -38,10 +38,15 @@ resource "aws_instance" "role" {
     delete_on_termination = true
   }
 
-  tags = {
-    Name           = "${var.name}-${each.key}"
-    "obstack:role" = each.key
-  }
+  # A stateful role's data volume id is known before the instance (volumes.tf), so it is a
+  # launch tag: the boot agent reads it at once and waits for that volume to be attached.
+  tags = merge(
+    {
+      Name           = "${var.name}-${each.key}"
+      "obstack:role" = each.key
+    },
+    contains(keys(aws_ebs_volume.data), each.key) ? { "obstack:data-volume" = aws_ebs_volume.data[each.key].id } : {},
+  )
 }
 
 # Peer addresses exist only after launch, so they are written as separate tags: no

@@ -32,3 +32,18 @@ output "grafana_admin_password_command" {
   description = "The command that prints Grafana's admin password (user: admin)."
   value       = "aws ssm get-parameter --region ${var.region} --with-decryption --name ${aws_ssm_parameter.grafana_admin_password.name} --query Parameter.Value --output text"
 }
+
+output "ami_ids" {
+  description = "The AMI each role's instance runs: `cargo xtask deploy` rolls out from these, one role at a time."
+  value       = { for role, instance in aws_instance.role : role => instance.ami }
+}
+
+output "data_volume_ids" {
+  description = "The EBS data volume of each stateful role (its snapshots restore it: terraform/README.md)."
+  value       = { for role, volume in aws_ebs_volume.data : role => volume.id }
+}
+
+output "alert_topic_arn" {
+  description = "ARN of the SNS topic critical alerts are published to: subscribe a phone, a pager or another address to it."
+  value       = aws_sns_topic.alerts.arn
+}

@@ -14,6 +14,7 @@ locals {
       promtail_pushes_to_loki     = { from = "app", to = "loki", port = 3100, what = "Promtail pushes the app logs to Loki" }
       grafana_queries_prometheus  = { from = "grafana", to = "prometheus", port = 9090, what = "Grafana queries Prometheus" }
       grafana_queries_loki        = { from = "grafana", to = "loki", port = 3100, what = "Grafana queries Loki" }
+      grafana_queries_alerts      = { from = "grafana", to = "prometheus", port = 9093, what = "Grafana queries Alertmanager" }
     },
     {
       for role in local.roles : "prometheus_scrapes_${role}_node_exporter" => {

@@ -59,7 +59,7 @@ variable "instance_types" {
 
 variable "root_volume_size_gb" {
   type        = number
-  description = "Size of each instance's encrypted gp3 root volume, in GiB (Prometheus and Loki keep their data there); at least the AMIs' own 16 GiB."
+  description = "Size of each instance's encrypted gp3 root volume, in GiB (no service keeps data there: see data_volume_size_gb); at least the AMIs' own 16 GiB."
   default     = 20
 
   # RunInstances refuses a root volume smaller than the AMI's snapshot, which is Packer's
@@ -181,4 +181,62 @@ variable "availability_zone" {
     condition     = var.availability_zone == null || can(regex("^[a-z]{2}(-[a-z]+)+-[0-9][a-z]$", var.availability_zone))
     error_message = "availability_zone must be a zone name such as eu-west-1a, or null."
   }
+}
+
+variable "data_volume_size_gb" {
+  type        = map(number)
+  description = "Size in GiB of the data volume of each stateful role (prometheus, loki, grafana); roles not listed keep their default (20, 20 and 5). The app keeps no data and has no volume."
+  default     = {}
+
+  validation {
+    condition     = length(setsubtract(keys(var.data_volume_size_gb), ["prometheus", "loki", "grafana"])) == 0
+    error_message = "data_volume_size_gb may only name the stateful roles prometheus, loki and grafana (the app keeps no data)."
+  }
+
+  # gp3 volumes are 1 to 16384 GiB, in whole GiB.
+  validation {
+    condition     = alltrue([for size in values(var.data_volume_size_gb) : size >= 1 && size <= 16384 && floor(size) == size])
+    error_message = "Every data_volume_size_gb must be a whole number of GiB from 1 to 16384 (gp3's limits)."
+  }
+}
+
+variable "snapshot_retention_count" {
+  type        = number
+  description = "How many daily snapshots of each data volume the snapshot policy keeps."
+  default     = 7
+
+  # DLM's retain rule keeps 1 to 1000 snapshots.
+  validation {
+    condition     = var.snapshot_retention_count >= 1 && var.snapshot_retention_count <= 1000 && floor(var.snapshot_retention_count) == var.snapshot_retention_count
+    error_message = "snapshot_retention_count must be a whole number from 1 to 1000 (DLM's limits)."
+  }
+}
+
+# Alerting (alerting.tf): where alerts reach a person.
+variable "alert_email" {
+  type        = string
+  description = "An e-mail address subscribed to the alert topic (AWS mails a confirmation link first), or null for none."
+  default     = null
+
+  validation {
+    condition     = var.alert_email == null || can(regex("^[^@[:space:]]+@[^@[:space:]]+\\.[^@[:space:]]+$", var.alert_email))
+    error_message = "alert_email must be one e-mail address such as oncall@example.com, or null."
+  }
+}
+
+variable "alert_webhook_url_parameter" {
+  type        = string
+  description = "Name of an SSM SecureString (created by you, encrypted with aws/ssm or the stack's key alias/<name>) holding a webhook URL Alertmanager posts alerts to, or null for none."
+  default     = null
+
+  validation {
+    condition     = var.alert_webhook_url_parameter == null || can(regex("^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", var.alert_webhook_url_parameter))
+    error_message = "alert_webhook_url_parameter must be an SSM parameter name (letters, digits, _ . - and /), or null."
+  }
+}
+
+variable "expose_alertmanager" {
+  type        = bool
+  description = "Open Alertmanager's UI (:9093) to allowed_web_cidrs. Grafana always reaches it."
+  default     = false
 }

@@ -6,6 +6,9 @@
 
 pub mod http;
 
+/// Real block devices for the data-volume tests.
+pub use xtask::loopdev;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;

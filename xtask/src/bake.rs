@@ -58,7 +58,9 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
     let packer_version = if args.dry_run {
         None
     } else {
-        Some(crate::packer::check_installed()?)
+        let version = crate::packer::check_installed()?;
+        crate::packer::check_for_bake(version, args.smoke)?;
+        Some(version)
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let client = match runtime.block_on(connect(args.region.as_deref())) {
@@ -205,6 +207,18 @@ pub fn run(args: BakeArgs) -> anyhow::Result<()> {
                 finished.join(", ")
             }
         );
+    }
+    if args.release {
+        let chosen = summary
+            .roles
+            .iter()
+            .filter_map(|r| Some((r.role.clone(), r.ami_id.clone()?)))
+            .collect();
+        runtime.block_on(async {
+            let store =
+                crate::release::store::Store::connect(args.region.as_deref(), &args.stack).await?;
+            crate::release::create(&store, &client, &chosen, args.channel.as_deref()).await
+        })?;
     }
     Ok(())
 }

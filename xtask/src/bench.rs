@@ -2,6 +2,7 @@
 
 mod app;
 mod loadgen;
+mod mount;
 mod wrk;
 
 use crate::cli::{BenchArgs, BenchTarget};
@@ -10,6 +11,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.target {
         BenchTarget::App => app::run(args.duration, args.rounds as usize),
         BenchTarget::Bake => crate::bake::bench(),
+        BenchTarget::Mount => mount::run(args.rounds as usize),
     }
 }
 

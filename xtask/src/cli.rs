@@ -41,6 +41,16 @@ pub enum Command {
     Down(DownArgs),
     /// Show what a local stack is running.
     Ps(PsArgs),
+    /// Record a release: every role's AMI, input hash and the git revision, in SSM.
+    Release(ReleaseArgs),
+    /// List the releases of a stack and the channels pointing at them.
+    Releases(ReleasesArgs),
+    /// Point a channel at a release (or at the release another channel points at).
+    Promote(PromoteArgs),
+    /// Move a channel back to the release it pointed at before.
+    Rollback(RollbackArgs),
+    /// Verify a stack end to end: a request through the app, Loki, Prometheus and Grafana.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,11 +59,13 @@ pub enum BenchTarget {
     App,
     /// A no-op `bake` of all four roles against a local moto server.
     Bake,
+    /// The boot agent's data-volume mount step on a loop device (root): first and later boot.
+    Mount,
 }
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask bench app\n  cargo xtask bench app --duration 5s --rounds 5"
+    after_help = "Examples:\n  cargo xtask bench app\n  cargo xtask bench app --duration 5s --rounds 5\n  cargo xtask bench mount   # as root: it formats and mounts a loop device"
 )]
 pub struct BenchArgs {
     /// What to benchmark.
@@ -61,14 +73,15 @@ pub struct BenchArgs {
     /// How long each load run lasts, e.g. `10s` (at least 1s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Interleaved rounds of runs for `app`; more rounds average out a noisy machine.
+    /// Interleaved rounds of runs for `app` (volumes per role for `mount`); more rounds
+    /// average out a noisy machine.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub rounds: u32,
 }
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask bake --dry-run\n  cargo xtask bake --only app --only grafana\n  cargo xtask bake --json > bake.json\n  AWS_ENDPOINT_URL=http://127.0.0.1:4566 cargo xtask bake --smoke   # against moto_server -p 4566"
+    after_help = "Examples:\n  cargo xtask bake --dry-run\n  cargo xtask bake --only app --only grafana\n  cargo xtask bake --json > bake.json\n  cargo xtask bake --release --channel candidate\n  AWS_ENDPOINT_URL=http://127.0.0.1:4566 cargo xtask bake --smoke   # against moto_server -p 4566"
 )]
 pub struct BakeArgs {
     /// Bake only this role (repeatable): app, prometheus, loki, grafana.
@@ -89,6 +102,20 @@ pub struct BakeArgs {
     /// Build with the images' smoke source: registers an AMI without provisioning (moto, credential checks).
     #[arg(long)]
     pub smoke: bool,
+    /// After a successful bake, record the AMIs of every role as a release (`cargo xtask releases`).
+    #[arg(long, conflicts_with_all = ["only", "dry_run"])]
+    pub release: bool,
+    /// With --release: point this channel at the new release, e.g. `candidate`.
+    #[arg(long, requires = "release", value_name = "NAME")]
+    pub channel: Option<String>,
+    /// With --release: the stack whose releases these are (SSM `/obstack/<stack>/`).
+    #[arg(
+        long,
+        env = "OBSTACK_STACK",
+        default_value = "obstack",
+        value_name = "NAME"
+    )]
+    pub stack: String,
 }
 
 #[derive(Debug, Args)]
@@ -103,12 +130,23 @@ pub struct ImagesArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask prune --keep 5 --dry-run\n  cargo xtask prune --keep 5"
+    after_help = "Examples:\n  cargo xtask prune --keep 5 --dry-run\n  cargo xtask prune --keep 5\n  cargo xtask prune --keep 3 --keep-channel-history 10 --stack production"
 )]
 pub struct PruneArgs {
     /// How many of the newest AMIs to keep per role.
     #[arg(long)]
     pub keep: usize,
+    /// Also keep every AMI of the releases each channel pointed at in its last N moves (and now).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub keep_channel_history: usize,
+    /// The stack whose channels protect AMIs (SSM `/obstack/<stack>/channels/`).
+    #[arg(
+        long,
+        env = "OBSTACK_STACK",
+        default_value = "obstack",
+        value_name = "NAME"
+    )]
+    pub stack: String,
     /// Print what would be deleted and delete nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -132,15 +170,21 @@ pub struct PinArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask deploy --plan-only\n  cargo xtask deploy --auto-approve --var-file prod.tfvars\n  cargo xtask deploy --latest"
+    after_help = "Examples:\n  cargo xtask deploy --plan-only\n  cargo xtask deploy --auto-approve --var-file prod.tfvars\n  cargo xtask deploy --latest\n  cargo xtask deploy --channel stable\n  cargo xtask deploy --backend-config s3.tfbackend   # shared state in S3"
 )]
 pub struct DeployArgs {
     /// Apply without asking for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
-    /// Show the plan and stop.
+    /// Show the roll-out (which applies, in which order, with which AMIs) and Terraform's plan of the first apply, and stop.
     #[arg(long)]
     pub plan_only: bool,
+    /// Replace every role whose AMI changes in one apply, as for a first deploy, instead of one role at a time with a health gate after each.
+    #[arg(long)]
+    pub all_at_once: bool,
+    /// Keep the Terraform state in S3: a file with the S3 backend's settings (bucket, key, region, use_lockfile = true); see terraform/README.md.
+    #[arg(long, value_name = "FILE")]
+    pub backend_config: Option<PathBuf>,
     /// An extra Terraform variable file (e.g. allowed_web_cidrs).
     #[arg(long, value_name = "FILE")]
     pub var_file: Option<PathBuf>,
@@ -150,6 +194,17 @@ pub struct DeployArgs {
     /// An explicit AMI for a role, as ROLE=ami-... (repeatable).
     #[arg(long, value_name = "ROLE=AMI")]
     pub ami: Vec<String>,
+    /// Deploy the release a channel points at (`cargo xtask releases`), e.g. `stable`.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["ami", "latest"])]
+    pub channel: Option<String>,
+    /// With --channel: the stack whose channels these are (SSM `/obstack/<stack>/`).
+    #[arg(
+        long,
+        env = "OBSTACK_STACK",
+        default_value = "obstack",
+        value_name = "NAME"
+    )]
+    pub stack: String,
     /// How long to wait for the stack to become healthy, e.g. `10m`.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub health_timeout: Duration,
@@ -268,4 +323,120 @@ mod tests {
             assert!(error.contains(flags[1]), "{error}");
         }
     }
+}
+
+/// Which stack's releases and channels: they live in SSM under `/obstack/<stack>/`.
+#[derive(Debug, Args)]
+pub struct StackArgs {
+    /// The stack's name (Terraform's `name` variable).
+    #[arg(
+        long,
+        env = "OBSTACK_STACK",
+        default_value = "obstack",
+        value_name = "NAME"
+    )]
+    pub stack: String,
+    /// AWS region (default: the standard AWS settings).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    #[command(subcommand)]
+    pub command: ReleaseCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCommand {
+    /// Record the AMIs baked from this checkout (or the newest, or named ones) as a new release.
+    Create(ReleaseCreateArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask release create --channel candidate\n  cargo xtask release create --latest --stack staging\n  cargo xtask release create --ami grafana=ami-0123456789abcdef0 --latest"
+)]
+pub struct ReleaseCreateArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Also point this channel at the new release, e.g. `candidate`.
+    #[arg(long, value_name = "NAME")]
+    pub channel: Option<String>,
+    /// Use the newest AMI of each role instead of the one matching this checkout's hashes.
+    #[arg(long)]
+    pub latest: bool,
+    /// An explicit AMI for a role, as ROLE=ami-... (repeatable).
+    #[arg(long, value_name = "ROLE=AMI")]
+    pub ami: Vec<String>,
+    /// Print the release record as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask releases\n  cargo xtask releases --stack staging --json"
+)]
+pub struct ReleasesArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask promote candidate --to stable\n  cargo xtask promote 20261203-034012-1a2b3c4 --to stable"
+)]
+pub struct PromoteArgs {
+    /// A release id, or a channel whose current release is promoted.
+    #[arg(value_name = "RELEASE|CHANNEL")]
+    pub source: String,
+    /// The channel to point at it.
+    #[arg(long, value_name = "CHANNEL")]
+    pub to: String,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask rollback --channel stable\n  cargo xtask deploy --channel stable   # then roll the stack back to it"
+)]
+pub struct RollbackArgs {
+    /// The channel to move back.
+    #[arg(long, value_name = "NAME")]
+    pub channel: String,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask up --detach && cargo xtask verify\n  cargo xtask verify --deployed --require-all --json > verify.json\n  cargo xtask verify --log-deadline 2m"
+)]
+pub struct VerifyArgs {
+    /// Verify the local stack of `cargo xtask up --detach` (the default when one runs).
+    #[arg(long, conflicts_with = "deployed")]
+    pub local: bool,
+    /// Verify the stack Terraform deployed from this checkout (the default otherwise).
+    #[arg(long)]
+    pub deployed: bool,
+    /// Fail when a component could not be checked (not running locally, not reachable).
+    #[arg(long)]
+    pub require_all: bool,
+    /// How long the test request's log line may take to reach Loki, e.g. `60s`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub log_deadline: Duration,
+    /// How long to wait for scrapes and rule evaluations (targets, request counter, rules, panels).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub metrics_deadline: Duration,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// AWS region of a deployed stack (default: the one the last deploy used).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
 }

@@ -4,12 +4,15 @@
 //! Every step is idempotent (init, plan, apply of a fresh plan, the health wait), so an
 //! interrupted deploy is finished by running it again.
 
+pub mod backend;
 pub mod health;
 mod password;
+pub mod rollout;
 pub mod select;
 mod terraform;
 pub mod tfvars;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +22,7 @@ use serde::Serialize;
 
 use crate::ami;
 use crate::cli::{DeployArgs, DestroyArgs, StatusArgs};
+use crate::cmd::Cmd;
 use crate::project;
 use crate::roles::Registry;
 use health::{BasicAuth, Checker, StackEndpoints, WaitOptions};
@@ -46,69 +50,188 @@ fn generated_vars_path() -> PathBuf {
 }
 
 pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
-    let health_timeout = args.health_timeout;
-    let explicit = select::parse_explicit(&Registry::load_default()?, &args.ami)?;
+    let registry = Registry::load_default()?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let (explicit, release) = match &args.channel {
+        Some(channel) => {
+            let (id, amis) = runtime.block_on(crate::release::channel_amis(
+                args.region.as_deref(),
+                &args.stack,
+                channel,
+            ))?;
+            (amis, Some(format!("channel {channel} ({id})")))
+        }
+        None => (select::parse_explicit(&registry, &args.ami)?, None),
+    };
     let user_vars = user_var_files(args.var_file.as_deref())?;
+    let backend_config = backend::check_config(args.backend_config.as_deref())?;
     // Fail on a missing Terraform before the (slow) hash computation.
     Terraform::locate(&terraform_dir(), Vec::new())?;
 
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let (region, selected) =
+    let (region, mut selected) =
         runtime.block_on(choose_amis(args.region.as_deref(), args.latest, &explicit))?;
+    if let Some(release) = release {
+        for choice in &mut selected {
+            choice.reason.clone_from(&release);
+        }
+    }
     print_selection(&region, &selected);
+    let target: BTreeMap<String, String> = selected
+        .iter()
+        .map(|s| (s.role.clone(), s.ami_id.clone()))
+        .collect();
 
+    // The generated file comes last so the chosen AMIs and region always win; each apply
+    // of the roll-out rewrites it with that apply's AMIs.
     let generated = generated_vars_path();
     tfvars::write(&generated, &GeneratedVars::new(&region, &selected))?;
-    eprintln!("wrote {}", generated.display());
-    // The generated file comes last so the chosen AMIs and region always win.
     let mut var_files = user_vars;
-    var_files.push(generated);
+    var_files.push(generated.clone());
     let terraform = Terraform::locate(&terraform_dir(), var_files)?;
+    if backend_config.is_some() {
+        backend::enable(&terraform_dir())?;
+    }
+    terraform.init(backend_config.as_deref())?;
 
-    terraform.init()?;
+    let outputs = terraform.outputs()?;
+    let current = runtime.block_on(running_amis(&region, &outputs))?;
+    let steps = rollout::plan(&rollout::ORDER, &current, &target, args.all_at_once)?;
+    print_rollout(&registry, &steps);
+
     let plan_path = deploy_dir().join("obstack.tfplan");
-    let plan = terraform.plan(&plan_path)?;
+    let write_step_vars = |step: &rollout::Step| {
+        tfvars::write(
+            &generated,
+            &GeneratedVars {
+                region: region.clone(),
+                ami_ids: step.ami_ids.clone(),
+            },
+        )
+    };
     if args.plan_only {
+        // Terraform's own plan of the first apply; the later ones depend on it.
+        if let Some(first) = steps.first() {
+            write_step_vars(first)?;
+            terraform.plan(&plan_path)?;
+        }
         eprintln!(
-            "plan saved to {}; nothing applied (--plan-only)",
-            plan_path.display()
+            "{} to roll out; nothing applied (--plan-only)",
+            count(steps.len(), "apply", "applies")
         );
         return Ok(());
     }
-    match plan {
-        PlanResult::Changes => {
-            if !args.auto_approve {
-                confirm("Apply this plan?")?;
-            }
-            terraform.apply(&plan_path)?;
-        }
-        PlanResult::NoChanges => eprintln!("no changes: the deployed stack already matches"),
+    if !args.auto_approve {
+        confirm(&format!(
+            "Roll out in {}?",
+            count(steps.len(), "apply", "applies")
+        ))?;
     }
 
-    let outputs = terraform.outputs()?;
-    let auth = runtime.block_on(grafana_auth(&region, &outputs));
-    let endpoints = stack_endpoints(&outputs, auth);
-    let checks = health::stack_checks(&endpoints);
-    eprintln!(
-        "waiting up to {} for {} health checks",
-        humantime::format_duration(health_timeout),
-        checks.len()
-    );
     let checker = Checker::new(HEALTH_REQUEST_TIMEOUT)?;
+    let mut last_outputs = outputs;
+    rollout::execute(
+        &steps,
+        |step| {
+            eprintln!("\n== apply: {}", step.label());
+            write_step_vars(step)?;
+            match terraform.plan(&plan_path)? {
+                PlanResult::Changes => terraform.apply(&plan_path),
+                PlanResult::NoChanges => {
+                    eprintln!("no changes: the deployed stack already matches");
+                    Ok(())
+                }
+            }
+        },
+        |step| {
+            last_outputs = terraform.outputs()?;
+            let auth = runtime.block_on(grafana_auth(&region, &last_outputs));
+            let endpoints = stack_endpoints(&last_outputs, auth);
+            let gate = rollout::step_gate_roles(&registry, step);
+            let mut checks = health::checks_for_roles(&endpoints, &gate);
+            if checks.is_empty() {
+                checks = health::stack_checks(&endpoints);
+            }
+            wait_for_health(&checker, &checks, args.health_timeout)
+        },
+        |step| rollback_command(&args, &region, step),
+    )?;
+    print_access(&last_outputs);
+    Ok(())
+}
+
+/// Waits for `checks` and prints what passed.
+fn wait_for_health(
+    checker: &Checker,
+    checks: &[health::Check],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "waiting up to {} for {}",
+        humantime::format_duration(timeout),
+        count(checks.len(), "health check", "health checks")
+    );
     let options = WaitOptions {
-        timeout: health_timeout,
+        timeout,
         interval: HEALTH_POLL_INTERVAL,
         progress: true,
     };
-    let outcomes = health::wait_until_healthy(&checker, &checks, &options).context(
-        "deploy finished but the stack is not healthy; `cargo xtask status` shows it again, \
-         and `cargo xtask deploy` can be re-run safely",
-    )?;
-    for outcome in &outcomes {
+    for outcome in health::wait_until_healthy(checker, checks, &options)? {
         eprintln!("  ok  {}: {}", outcome.name, outcome.detail);
     }
-    print_access(&outputs);
     Ok(())
+}
+
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// role → the AMI its instance runs: Terraform's `ami_ids` output, or for a state written
+/// before that output existed, the instances themselves. Empty when nothing is deployed.
+async fn running_amis(region: &str, outputs: &Outputs) -> anyhow::Result<BTreeMap<String, String>> {
+    if !outputs.ami_ids.is_empty() || outputs.instance_ids.is_empty() {
+        return Ok(outputs.ami_ids.clone());
+    }
+    Ok(instance_status(region, outputs)
+        .await?
+        .into_iter()
+        .filter(|i| i.role != "?")
+        .map(|i| (i.role, i.ami_id))
+        .collect())
+}
+
+fn print_rollout(registry: &Registry, steps: &[rollout::Step]) {
+    eprintln!(
+        "roll-out: {}, each followed by a health gate",
+        count(steps.len(), "apply", "applies")
+    );
+    eprint!(
+        "{}",
+        crate::table::render(
+            &["STEP", "ROLE", "FROM", "TO", "HEALTH GATE"],
+            rollout::table_rows(registry, steps)
+        )
+    );
+}
+
+/// `cargo xtask deploy` with every role pinned (`--ami`) where it was before `step` for
+/// the step's roles and where the step left it for the others, plus the same settings.
+fn rollback_command(args: &DeployArgs, region: &str, step: &rollout::Step) -> String {
+    let mut argv: Vec<String> = vec!["xtask".into(), "deploy".into()];
+    for (role, ami) in rollout::rollback_amis(step) {
+        argv.push("--ami".into());
+        argv.push(format!("{role}={ami}"));
+    }
+    argv.push("--region".into());
+    argv.push(region.into());
+    if let Some(file) = &args.var_file {
+        argv.push("--var-file".into());
+        argv.push(file.display().to_string());
+    }
+    if let Some(file) = &args.backend_config {
+        argv.push("--backend-config".into());
+        argv.push(file.display().to_string());
+    }
+    Cmd::new("cargo", argv).line().to_string()
 }
 
 pub fn run_destroy(args: DestroyArgs) -> anyhow::Result<()> {
@@ -122,7 +245,7 @@ pub fn run_destroy(args: DestroyArgs) -> anyhow::Result<()> {
     let mut var_files = user_vars;
     var_files.push(generated);
     let terraform = Terraform::locate(&terraform_dir(), var_files)?;
-    terraform.init()?;
+    terraform.init(None)?;
     if !args.auto_approve {
         confirm(&format!(
             "Destroy the obstack deployment in {} (instances, network, the Grafana password)?",
@@ -140,15 +263,7 @@ pub fn run_destroy(args: DestroyArgs) -> anyhow::Result<()> {
 }
 
 pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
-    let terraform = Terraform::locate(&terraform_dir(), Vec::new())?;
-    let outputs = terraform.outputs()?;
-    if outputs.is_empty() {
-        bail!("nothing is deployed (Terraform's state has no instances): run `cargo xtask deploy`");
-    }
-    let region = match args.region {
-        Some(region) => region,
-        None => tfvars::read(&generated_vars_path())?.region,
-    };
+    let (outputs, region) = deployed_outputs(args.region)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let instances = runtime.block_on(instance_status(&region, &outputs))?;
     let auth = runtime.block_on(grafana_auth(&region, &outputs));
@@ -165,6 +280,30 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         report.print();
     }
     Ok(())
+}
+
+/// Terraform's outputs of the deployed stack and its region (`region`, else the one the
+/// last deploy used); an error when nothing is deployed.
+fn deployed_outputs(region: Option<String>) -> anyhow::Result<(Outputs, String)> {
+    let terraform = Terraform::locate(&terraform_dir(), Vec::new())?;
+    let outputs = terraform.outputs()?;
+    if outputs.is_empty() {
+        bail!("nothing is deployed (Terraform's state has no instances): run `cargo xtask deploy`");
+    }
+    let region = match region {
+        Some(region) => region,
+        None => tfvars::read(&generated_vars_path())?.region,
+    };
+    Ok((outputs, region))
+}
+
+/// Where the deployed stack's services answer, with Grafana's admin password from SSM
+/// (for `cargo xtask verify`).
+pub fn deployed_stack(region: Option<String>) -> anyhow::Result<StackEndpoints> {
+    let (outputs, region) = deployed_outputs(region)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let auth = runtime.block_on(grafana_auth(&region, &outputs));
+    Ok(stack_endpoints(&outputs, auth))
 }
 
 /// The variable files the user passes (plus `terraform/terraform.tfvars`, which Terraform
@@ -214,7 +353,9 @@ fn confirm(question: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn choose_amis(
+/// The AMI of every role: the `--ami` choices, then the newest (`latest`) or the one baked from
+/// this checkout's inputs for the rest; also returns the region. Shared with `release create`.
+pub async fn choose_amis(
     region: Option<&str>,
     latest: bool,
     explicit: &std::collections::BTreeMap<String, String>,

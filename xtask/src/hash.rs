@@ -9,6 +9,7 @@
 //! | `bin:<name>` | hex SHA-256 of each shipped binary: `stack-agent`, plus the role.toml's `[image] binaries` |
 //! | `files:common` | tree digest of `images/common/` (the Packer template included) |
 //! | `files:role` | tree digest of `images/<role>/` |
+//! | `packer-plugins` | hex SHA-256 of `images/plugins.pkr.hcl` (the pinned Amazon plugin that builds every image) |
 //! | `versions` | hex SHA-256 of the JSON (sorted keys) of the role's entries in `images/versions.toml` |
 //!
 //! A tree digest is the hex SHA-256 of, for every file in the directory sorted by its path
@@ -29,6 +30,9 @@ use crate::roles::Role;
 use crate::versions::Manifest;
 
 const DOMAIN: &str = "obstack-input-hash/v1";
+/// The Packer plugin pin, relative to `images/`; outside `common/` because Packer 1.6.6
+/// rejects it in the template directory.
+const PLUGINS_FILE: &str = "plugins.pkr.hcl";
 
 /// Everything a role's hash depends on besides the files under `images_dir`.
 #[derive(Debug, Clone)]
@@ -126,6 +130,7 @@ fn describe(label: &str) -> String {
         "files:common" => "images/common/".to_string(),
         "files:role" => "the role's directory".to_string(),
         "versions" => "its images/versions.toml entries".to_string(),
+        "packer-plugins" => "the Packer plugin pin (images/plugins.pkr.hcl)".to_string(),
         "base-ami" => "the base AMI".to_string(),
         other => match other.strip_prefix("bin:") {
             Some(binary) => format!("the {binary} binary"),
@@ -151,6 +156,17 @@ pub fn role_input_digests(role: &Role, inputs: &HashInputs) -> anyhow::Result<In
     entries.insert(
         "files:role".to_string(),
         tree_digest(&inputs.images_dir, &role.name)?,
+    );
+    let plugins = inputs.images_dir.join(PLUGINS_FILE);
+    let bytes = std::fs::read(&plugins).with_context(|| {
+        format!(
+            "cannot read {}: it pins the Packer plugin every image is built with",
+            plugins.display()
+        )
+    })?;
+    entries.insert(
+        "packer-plugins".to_string(),
+        hex::encode(Sha256::digest(&bytes)),
     );
     let versions: BTreeMap<&str, &crate::versions::Component> =
         inputs.manifest.for_role(&role.name).collect();
@@ -273,6 +289,10 @@ mod tests {
             &images.join("common/provisioners/base.sh"),
             b"#!/bin/sh\necho base\n",
         );
+        write(
+            &images.join("plugins.pkr.hcl"),
+            b"packer { required_plugins { amazon = { version = \"= 1.8.0\" } } }\n",
+        );
         for role in real.roles() {
             let binaries: Vec<String> = role
                 .image
@@ -380,6 +400,14 @@ mod tests {
         let before = hashes(&inputs);
         flip_last_byte(&inputs.images_dir.join("common/provisioners/base.sh"));
         assert_eq!(changed(&before, &hashes(&inputs)), role_names());
+
+        let before = hashes(&inputs);
+        flip_last_byte(&inputs.images_dir.join("plugins.pkr.hcl"));
+        assert_eq!(
+            changed(&before, &hashes(&inputs)),
+            role_names(),
+            "a new Amazon plugin pin rebakes every role"
+        );
 
         let before = hashes(&inputs);
         inputs.base_ami_id = "ami-0newer".into();

@@ -2,8 +2,9 @@
 //! command lives in its own module of the `xtask` library, and the CLI shape in `cli.rs`.
 
 use clap::Parser;
+use xtask::cli::ReleaseCommand;
 use xtask::cli::{Cli, Command};
-use xtask::{bake, bench, deploy, images, pin, prune, report, up};
+use xtask::{bake, bench, deploy, images, pin, prune, release, report, up};
 
 fn main() {
     let cli = Cli::parse();
@@ -19,6 +20,13 @@ fn main() {
         Command::Up(args) => up::run_up(args),
         Command::Down(args) => up::run_down(args),
         Command::Ps(args) => up::run_ps(args),
+        Command::Release(args) => match args.command {
+            ReleaseCommand::Create(args) => release::run_create(args),
+        },
+        Command::Releases(args) => release::run_list(args),
+        Command::Promote(args) => release::run_promote(args),
+        Command::Rollback(args) => release::run_rollback(args),
+        Command::Verify(args) => xtask::verify::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {}", report::one_line(&error));

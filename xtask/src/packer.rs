@@ -1,6 +1,6 @@
 //! Packer, as the bake drives it: its version, `packer init` and `packer build` commands.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
@@ -8,6 +8,10 @@ use anyhow::Context;
 pub const MINIMUM: Version = Version(1, 6, 6);
 /// From this version on the Amazon builder is an external plugin, installed by `packer init`.
 pub const PLUGINS_SINCE: Version = Version(1, 7, 0);
+/// From this version on `packer init` fetches official plugins from releases.hashicorp.com,
+/// the only place the Amazon plugin is published since 1.3.10: an older Packer falls back
+/// to 1.3.9 on GitHub, or fails, instead of installing the pin in images/plugins.pkr.hcl.
+pub const RELEASE_SITE_PLUGINS_SINCE: Version = Version(1, 14, 0);
 
 const INSTALL_HINT: &str = "install Packer >= 1.6.6 (https://developer.hashicorp.com/packer/install or `apt-get install packer`)";
 
@@ -57,16 +61,52 @@ pub fn check_installed() -> anyhow::Result<Version> {
     Ok(version)
 }
 
+/// Whether `version` can run this bake. A golden bake builds with the Amazon plugin pinned in
+/// images/plugins.pkr.hcl (a bake input), so it needs a Packer that installs that pin; a
+/// smoke bake may also use a Packer with the builder built in (Debian's 1.6.6, the tests').
+pub fn check_for_bake(version: Version, smoke: bool) -> anyhow::Result<()> {
+    if version >= RELEASE_SITE_PLUGINS_SINCE || (smoke && version < PLUGINS_SINCE) {
+        return Ok(());
+    }
+    let want = format!(
+        "install Packer >= {RELEASE_SITE_PLUGINS_SINCE} (https://developer.hashicorp.com/packer/install)"
+    );
+    if version < PLUGINS_SINCE {
+        anyhow::bail!(
+            "Packer {version} has its own old Amazon builder built in, not the plugin pinned in images/plugins.pkr.hcl that a golden bake uses: {want} (Debian's Packer is for the tests and --smoke)"
+        );
+    }
+    anyhow::bail!(
+        "Packer {version} cannot install the Amazon plugin pinned in images/plugins.pkr.hcl (published only on releases.hashicorp.com, where Packer looks for plugins from {RELEASE_SITE_PLUGINS_SINCE} on): {want}"
+    )
+}
+
+/// Where the bake's Packer installs and loads plugins: a directory of its own, so a build
+/// loads the pinned plugin and never a newer one the user installed (without
+/// `required_plugins` in the template, Packer picks the highest version it finds).
+pub fn plugin_dir() -> PathBuf {
+    crate::project::target_dir()
+        .join("bake")
+        .join("packer-plugins")
+}
+
 /// `packer init` on the plugins file when this Packer loads builders as plugins (>= 1.7);
 /// older ones have the Amazon builder built in and reject `required_plugins`.
 pub fn init_if_needed(version: Version, images_dir: &Path) -> anyhow::Result<()> {
     if version < PLUGINS_SINCE {
         return Ok(());
     }
+    let plugins = plugin_dir();
+    std::fs::create_dir_all(&plugins)
+        .with_context(|| format!("cannot create {}", plugins.display()))?;
     crate::cmd::Cmd::new("packer", ["init".into(), images_dir.join("plugins.pkr.hcl")])
-        .map(|e| e.env("CHECKPOINT_DISABLE", "1").stdout_to_stderr())
+        .map(|e| {
+            e.env("CHECKPOINT_DISABLE", "1")
+                .env("PACKER_PLUGIN_PATH", &plugins)
+                .stdout_to_stderr()
+        })
         .run()
-        .context("`packer init` could not install the Amazon plugin; check your network access to github.com")?;
+        .context("`packer init` could not install the Amazon plugin; check your network access to releases.hashicorp.com")?;
     Ok(())
 }
 
@@ -88,7 +128,10 @@ pub fn build_command(template_dir: &Path, var_file: &Path, smoke: bool) -> crate
         args.push("-only=amazon-ebs.golden".to_string());
     }
     args.push(template_dir.display().to_string());
-    crate::cmd::Cmd::new("packer", args).map(|e| e.env("CHECKPOINT_DISABLE", "1"))
+    crate::cmd::Cmd::new("packer", args).map(|e| {
+        e.env("CHECKPOINT_DISABLE", "1")
+            .env("PACKER_PLUGIN_PATH", plugin_dir())
+    })
 }
 
 #[cfg(test)]
@@ -107,5 +150,26 @@ mod tests {
         assert!(Version(1, 6, 6) < PLUGINS_SINCE);
         assert!(Version(1, 10, 0) > PLUGINS_SINCE);
         assert!(Version(1, 5, 9) < MINIMUM);
+    }
+
+    #[test]
+    fn a_golden_bake_needs_a_packer_that_installs_the_pinned_plugin() {
+        let modern = Version(1, 14, 3);
+        assert!(check_for_bake(modern, false).is_ok());
+        assert!(check_for_bake(modern, true).is_ok());
+        // Debian's 1.6.6: its built-in builder serves smoke bakes only.
+        assert!(check_for_bake(MINIMUM, true).is_ok());
+        let debian = check_for_bake(MINIMUM, false).unwrap_err().to_string();
+        assert!(
+            debian.contains("Packer 1.6.6") && debian.contains(">= 1.14.0"),
+            "{debian}"
+        );
+        // 1.7 to 1.13 load plugins but cannot fetch the pin: refused for both.
+        for smoke in [false, true] {
+            let error = check_for_bake(Version(1, 11, 2), smoke)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("releases.hashicorp.com"), "{error}");
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! `cargo xtask prune --keep N`: deregister old AMIs and delete their snapshots. Never the
-//! newest N of a role, never one an instance (pending, running, stopping or stopped) uses.
+//! newest N of a role, never one an instance (pending, running, stopping or stopped) uses,
+//! never one of a release a channel points at or pointed at in its last moves
+//! (`--keep-channel-history`): that is what a rollback goes back to.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,7 +22,14 @@ pub fn run(args: PruneArgs) -> anyhow::Result<()> {
 async fn prune(args: PruneArgs) -> anyhow::Result<()> {
     let client = ami::ec2_client(args.region.as_deref()).await?;
     let amis = ami::list(&client, None).await?;
-    let used = ami::in_use(&client).await?;
+    let mut used = ami::in_use(&client).await?;
+    let store = crate::release::store::Store::connect(args.region.as_deref(), &args.stack).await?;
+    let released = crate::release::protected_amis(&store, args.keep_channel_history).await?;
+    for (ami_id, why) in &released {
+        if amis.iter().any(|a| &a.id == ami_id) && used.insert(ami_id.clone()) {
+            eprintln!("keeping {ami_id}: release of channel {why}");
+        }
+    }
     let doomed = select(&amis, args.keep, &used);
     if doomed.is_empty() {
         println!(

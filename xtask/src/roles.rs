@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use stack_agent::data::DataSpec;
 
 /// A role's spec file inside its directory (the agent's `stack_agent::spec::SPEC_FILE`).
 pub const SPEC_FILE: &str = "role.toml";
@@ -59,6 +60,9 @@ pub struct Role {
     pub image: Image,
     /// The services this role's image runs besides the common ones, in start order.
     pub services: Vec<Service>,
+    /// Where the role keeps its state: its EBS data volume (`[data]`, shared with the agent,
+    /// which mounts it). `None` for a stateless role.
+    pub data: Option<DataSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,6 +194,9 @@ struct RoleFile {
     image: Image,
     #[serde(default)]
     services: Vec<Service>,
+    /// Read by the agent too: the same type, so both accept the same section.
+    #[serde(default)]
+    data: Option<DataSpec>,
     // The agent's sections, checked by its own parser.
     #[serde(default, rename = "files")]
     _files: serde::de::IgnoredAny,
@@ -197,6 +204,8 @@ struct RoleFile {
     _secrets: serde::de::IgnoredAny,
     #[serde(default, rename = "generated")]
     _generated: serde::de::IgnoredAny,
+    #[serde(default, rename = "secret_values")]
+    _secret_values: serde::de::IgnoredAny,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +307,14 @@ impl Registry {
             all.extend(self.common_services.iter().map(|s| (first, s)));
         }
         all
+    }
+
+    /// The name of every service of the stack: what a whole deployed stack runs.
+    pub fn service_names(&self) -> std::collections::BTreeSet<&str> {
+        self.services()
+            .into_iter()
+            .map(|(_, s)| s.name.as_str())
+            .collect()
     }
 
     /// Every binary any image ships from this workspace (the agent first).
@@ -471,13 +488,51 @@ fn read_role(dir: &Path, path: &Path) -> Result<Role, RegistryError> {
             ),
         ));
     }
+    if let Some(data) = &file.data {
+        data.check().map_err(|message| invalid(path, message))?;
+        check_data_paths(data, &file.services).map_err(|message| invalid(path, message))?;
+    }
     Ok(Role {
         name: file.role,
         dir: dir.to_path_buf(),
         peers: file.peers,
         image: file.image,
         services: file.services,
+        data: file.data,
     })
+}
+
+/// A stateful role keeps all its services' data on its volume: every `data_dirs` entry lies
+/// under the mount point (none on the root disk, which a new AMI replaces), every service
+/// with data waits for the mount (is in `[data].services`), and those are the role's units.
+fn check_data_paths(data: &DataSpec, services: &[Service]) -> Result<(), String> {
+    for service in services {
+        let dirs = service.up.iter().flat_map(|up| &up.data_dirs);
+        for dir in dirs.clone() {
+            if !data.holds(dir) {
+                return Err(format!(
+                    "service `{}` keeps data in {dir}, on the root disk a new AMI replaces; \
+                     move it under the data volume's mount point {}",
+                    service.name, data.mount_point
+                ));
+            }
+        }
+        if dirs.count() > 0 && !data.services.contains(&service.unit) {
+            return Err(format!(
+                "service `{}` keeps data on the data volume but [data] services does not list \
+                 {}, so it would not wait for the volume to be mounted",
+                service.name, service.unit
+            ));
+        }
+    }
+    for unit in &data.services {
+        if !services.iter().any(|s| &s.unit == unit) {
+            return Err(format!(
+                "[data] services lists {unit}, which is not a unit of this role's [[services]]"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Sorts roles so each comes after the peers it requires (ties by name, so the order is

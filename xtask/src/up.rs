@@ -6,10 +6,11 @@ mod binaries;
 mod components;
 mod download;
 mod health;
-mod layout;
+pub(crate) mod layout;
 mod ports;
-mod render;
-mod state;
+mod receiver;
+pub(crate) mod render;
+pub(crate) mod state;
 mod supervisor;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,9 @@ use components::Component;
 use layout::Layout;
 use state::{Running, StackState, Unavailable};
 use supervisor::Target;
+
+/// The service whose webhook `up` receives.
+const ALERTMANAGER: &str = "alertmanager";
 
 pub fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let timeout = args.timeout;
@@ -56,7 +60,15 @@ pub fn run_up(args: UpArgs) -> anyhow::Result<()> {
     build_workspace_binaries(&mut planned)?;
 
     let running: BTreeSet<&str> = planned.iter().map(|(c, _)| c.name()).collect();
-    render::render_roles(&layout, &registry, &running)?;
+    // Alertmanager posts to a receiver in this process, so only while `up` stays in the
+    // foreground; a detached stack keeps its alerts in Alertmanager's UI.
+    let alert_receiver = if running.contains(ALERTMANAGER) && !args.detach {
+        Some(receiver::Receiver::start(layout.log("alert-receiver"))?)
+    } else {
+        None
+    };
+    let webhook = alert_receiver.as_ref().map(receiver::Receiver::url);
+    render::render_roles(&layout, &registry, &running, webhook)?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -81,6 +93,12 @@ pub fn run_up(args: UpArgs) -> anyhow::Result<()> {
         return Err(error);
     }
     print_summary(&planned, &left_out, &layout, manifest.as_ref());
+    if let Some(url) = webhook {
+        println!(
+            "Alertmanager posts alerts to {url}; each one is printed here and in {}",
+            layout.log("alert-receiver").display()
+        );
+    }
     if args.detach {
         eprintln!("\nDetached: `cargo xtask ps` shows the stack, `cargo xtask down` stops it.");
         return Ok(());
@@ -708,10 +726,10 @@ mod tests {
         };
         assert_eq!(
             without(&[]).0,
-            "loki app promtail prometheus grafana node_exporter"
+            "loki app promtail prometheus alertmanager grafana node_exporter"
         );
         let (runs, lines) = without(&["loki"]);
-        assert_eq!(runs, "app prometheus node_exporter");
+        assert_eq!(runs, "app prometheus alertmanager node_exporter");
         assert_eq!(
             lines,
             [
@@ -720,7 +738,7 @@ mod tests {
             ]
         );
         let (runs, lines) = without(&["loki", "prometheus"]);
-        assert_eq!(runs, "app node_exporter");
+        assert_eq!(runs, "app alertmanager node_exporter");
         assert_eq!(
             lines[1],
             "grafana: not started (it needs prometheus and loki, which do not run)"

@@ -134,3 +134,86 @@ fn every_kind_of_disagreement_fails_the_check() {
         ],
     );
 }
+
+#[test]
+fn every_stateful_role_keeps_all_its_data_on_its_data_volume() {
+    let registry = checkout_registry();
+    let mut stateful: Vec<&str> = Vec::new();
+    for role in registry.roles() {
+        let Some(data) = &role.data else { continue };
+        stateful.push(&role.name);
+        for service in &role.services {
+            let Some(up) = &service.up else { continue };
+            for dir in &up.data_dirs {
+                assert!(
+                    data.holds(dir),
+                    "{}: {} keeps data in {dir}, off the volume at {}",
+                    role.name,
+                    service.name,
+                    data.mount_point
+                );
+            }
+            // The command line's data paths too (`--storage.tsdb.path={root}/var/lib/...`):
+            // everything under /var is state, everything else is configuration.
+            for arg in &up.args {
+                let Some((_, path)) = arg.split_once("{root}") else {
+                    continue;
+                };
+                if path.starts_with("/var/") {
+                    assert!(
+                        data.holds(path),
+                        "{}: {} writes {path}, off the volume at {}",
+                        role.name,
+                        service.name,
+                        data.mount_point
+                    );
+                }
+            }
+            if !up.data_dirs.is_empty() {
+                assert!(data.services.contains(&service.unit), "{}", service.unit);
+            }
+        }
+    }
+    stateful.sort();
+    assert_eq!(stateful, ["grafana", "loki", "prometheus"]);
+    assert!(
+        registry.role("app").unwrap().data.is_none(),
+        "the app keeps no state"
+    );
+}
+
+#[test]
+fn a_data_path_off_the_volume_or_a_service_not_waiting_for_it_is_refused() {
+    let load_changed = |edit: &dyn Fn(&mut DocumentMut)| {
+        let dir = tempfile::tempdir().unwrap();
+        copy_registry_files(&testkit::workspace_root().join("images"), dir.path());
+        edit_role(dir.path(), "loki", edit);
+        Registry::load(dir.path())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(load_changed(&|_| {}), Ok(()), "the unchanged copy loads");
+
+    let error = load_changed(&|doc| {
+        doc["services"][0]["up"]["data_dirs"] =
+            toml_edit::value(toml_edit::Array::from_iter(["/srv/loki"]));
+    })
+    .unwrap_err();
+    assert!(
+        error.contains("keeps data in /srv/loki, on the root disk"),
+        "{error}"
+    );
+    assert!(error.contains("loki/role.toml"), "{error}");
+
+    let error = load_changed(&|doc| {
+        doc["data"]["services"] = toml_edit::value(toml_edit::Array::from_iter(["other.service"]));
+    })
+    .unwrap_err();
+    assert!(error.contains("would not wait for the volume"), "{error}");
+
+    let error = load_changed(&|doc| {
+        doc["data"]["mount_point"] = toml_edit::value("var/lib/loki");
+    })
+    .unwrap_err();
+    assert!(error.contains("must be absolute"), "{error}");
+}

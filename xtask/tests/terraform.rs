@@ -208,8 +208,15 @@ fn peers_are_reached_by_security_group_and_people_only_from_allowed_cidrs() {
             );
             if let Some(cidr) = attr(body, "cidr_ipv4") {
                 let cidr = cidr.to_string();
+                let for_each = attr(body, "for_each")
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
                 let allowed =
                     (kind.ends_with("ingress_rule") && cidr == "each.value.cidr" && name == "web")
+                        || (kind.ends_with("ingress_rule")
+                            && cidr == "each.value"
+                            && name == "alertmanager_web"
+                            && for_each.contains("toset(var.allowed_web_cidrs)"))
                         || (kind.ends_with("egress_rule")
                             && cidr == "local.any_ipv4"
                             && name == "aws_apis");
@@ -504,7 +511,7 @@ fn no_instance_role_holds_an_aws_managed_policy() {
 }
 
 #[test]
-fn the_only_parameter_read_is_grafanas_on_its_one_parameter() {
+fn the_only_parameters_read_are_grafanas_password_and_prometheus_webhook_url() {
     let files = parsed_files();
     let mut grants = Vec::new();
     for (at, _, arn) in aws_managed_attachments(&files) {
@@ -535,12 +542,15 @@ fn the_only_parameter_read_is_grafanas_on_its_one_parameter() {
             }
         }
     }
+    grants.sort();
     assert_eq!(
         grants,
         [
-            "aws_iam_role_policy.grafana_reads_admin_password: role aws_iam_role.instance[\"grafana\"].id may [\"ssm:GetParameter\"] on [\"aws_ssm_parameter.grafana_admin_password.arn\"]"
+            "aws_iam_role_policy.grafana_reads_admin_password: role aws_iam_role.instance[\"grafana\"].id may [\"ssm:GetParameter\"] on [\"aws_ssm_parameter.grafana_admin_password.arn\"]",
+            "aws_iam_role_policy.prometheus_reads_alert_webhook: role aws_iam_role.instance[\"prometheus\"].id may [\"ssm:GetParameter\"] on [\"local.alert_webhook_parameter_arn\"]"
         ],
-        "only Grafana may read a parameter, and only its admin password"
+        "only Grafana may read a parameter, its admin password, and Prometheus the alert \
+         webhook's URL (terraform/alerting.tf)"
     );
 }
 

@@ -160,3 +160,142 @@ fn the_nightly_bake_uses_oidc_bakes_prunes_and_never_overlaps() {
     assert!(nightly[..summary].rfind("if: always()").is_some());
     assert!(summary < prune);
 }
+
+/// The jobs of a workflow whose steps run a command containing `needle`.
+fn jobs_running<'a>(workflow: &'a serde_yaml_ng::Value, needle: &str) -> Vec<&'a str> {
+    let Some(jobs) = workflow["jobs"].as_mapping() else {
+        return Vec::new();
+    };
+    jobs.iter()
+        .filter(|(_, job)| {
+            job["steps"].as_sequence().is_some_and(|steps| {
+                steps
+                    .iter()
+                    .any(|step| step["run"].as_str().is_some_and(|run| run.contains(needle)))
+            })
+        })
+        .filter_map(|(name, _)| name.as_str())
+        .collect()
+}
+
+/// Every job `job` waits for, directly or through the jobs it needs.
+fn needs_closure(workflow: &serde_yaml_ng::Value, job: &str) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut todo = vec![job.to_string()];
+    while let Some(current) = todo.pop() {
+        let needs = &workflow["jobs"][current.as_str()]["needs"];
+        let direct: Vec<String> = match needs {
+            serde_yaml_ng::Value::String(one) => vec![one.clone()],
+            serde_yaml_ng::Value::Sequence(many) => many
+                .iter()
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for need in direct {
+            if !seen.contains(&need) {
+                seen.push(need.clone());
+                todo.push(need);
+            }
+        }
+    }
+    seen
+}
+
+/// The release gate: a promotion to `stable` happens only in a job that needs the job that
+/// verified the candidate, and nothing lets that job's failure through.
+fn check_promotion_gate(text: &str) -> Result<(), String> {
+    let workflow: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| format!("not YAML: {e}"))?;
+    let promoters = jobs_running(&workflow, "cargo xtask promote");
+    let verifiers = jobs_running(&workflow, "cargo xtask verify");
+    if promoters.is_empty() {
+        return Err("no job runs `cargo xtask promote`".into());
+    }
+    if verifiers.is_empty() {
+        return Err("no job runs `cargo xtask verify`".into());
+    }
+    for promoter in &promoters {
+        if verifiers.contains(promoter) {
+            return Err(format!("job {promoter} verifies and promotes in one job: promote must be a job that needs the verify job"));
+        }
+        let needs = needs_closure(&workflow, promoter);
+        for verifier in &verifiers {
+            if !needs.iter().any(|n| n == verifier) {
+                return Err(format!(
+                    "job {promoter} promotes without needing {verifier}, which verifies"
+                ));
+            }
+        }
+        let condition = workflow["jobs"][*promoter]["if"]
+            .as_str()
+            .unwrap_or_default();
+        if condition.contains("always()") || condition.contains("failure()") {
+            return Err(format!(
+                "job {promoter} runs even when verify failed (if: {condition})"
+            ));
+        }
+    }
+    for verifier in &verifiers {
+        let job = &workflow["jobs"][*verifier];
+        if job["continue-on-error"].as_bool() == Some(true) {
+            return Err(format!(
+                "job {verifier} may fail without stopping the promotion"
+            ));
+        }
+        let lenient = job["steps"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|step| {
+                step["run"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("cargo xtask verify"))
+                    && step["continue-on-error"].as_bool() == Some(true)
+            });
+        if lenient {
+            return Err(format!(
+                "the verify step of {verifier} has continue-on-error"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn the_nightly_bake_records_a_candidate_and_promotes_it_only_after_verify() {
+    let nightly = read(&workflow("nightly-bake.yml"));
+    check_promotion_gate(&nightly).unwrap();
+    assert!(
+        nightly.contains("--release --channel candidate"),
+        "the bake records a candidate release"
+    );
+    assert!(
+        nightly.contains("cargo xtask deploy --channel candidate"),
+        "staging runs the candidate"
+    );
+    assert!(nightly.contains("cargo xtask promote candidate --to stable"));
+
+    // The check itself refuses the shapes that would promote an unverified release.
+    let same_job = nightly.replace(
+        "  promote:\n    needs: staging\n",
+        "  promote:\n    needs: bake\n",
+    );
+    assert!(check_promotion_gate(&same_job)
+        .unwrap_err()
+        .contains("without needing staging"));
+    let always = nightly.replace(
+        "  promote:\n    needs: staging\n",
+        "  promote:\n    needs: staging\n    if: always()\n",
+    );
+    assert!(check_promotion_gate(&always)
+        .unwrap_err()
+        .contains("even when verify failed"));
+    let lenient = nightly.replace(
+        "      - name: Verify the staging stack\n",
+        "      - name: Verify the staging stack\n        continue-on-error: true\n",
+    );
+    assert!(check_promotion_gate(&lenient)
+        .unwrap_err()
+        .contains("continue-on-error"));
+}

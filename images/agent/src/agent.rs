@@ -13,11 +13,14 @@ use crate::aws::AwsConfig;
 use crate::context;
 use crate::error::AgentError;
 use crate::log;
+use crate::mount::{self, MountOptions, Mounted, VolumeId};
 use crate::render::{self, RenderedFile};
 use crate::restart::Restarter;
 use crate::secrets;
 use crate::source::{TagReader, TagSource};
 use crate::spec::{rooted, RoleSpec};
+use crate::tags;
+use crate::value::SecretText;
 use crate::write::{self, Ownership, WriteOutcome};
 
 /// What the agent renders, from where, to where.
@@ -44,9 +47,16 @@ pub struct WaitPolicy {
     pub max_delay: Duration,
 }
 
+/// What templates see for a tagged secret value in dry-run, where nothing is fetched. It
+/// is a URL like the real ones, so the file still renders, and is kept out of the output
+/// like them.
+const DRY_RUN_SECRET_VALUE: &str = "https://dry-run.invalid/secret-value-not-fetched";
+
 /// Everything one poll would write.
 struct Plan {
     files: Vec<RenderedFile>,
+    /// Warnings the templates raised, by output path: logged with the file.
+    warnings: Vec<(PathBuf, String)>,
     /// In dry-run, secrets are not fetched: (output path, parameter name).
     unfetched_secrets: Vec<(PathBuf, String)>,
 }
@@ -85,33 +95,7 @@ impl Agent {
             self.spec.role,
             self.reader.source()
         ));
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(policy.min_delay)
-            .with_max_delay(policy.max_delay)
-            .with_jitter()
-            .without_max_times()
-            .with_total_delay(Some(policy.timeout));
-        let mut attempt = 0u32;
-        let plan = (|| self.plan())
-            .retry(backoff)
-            .sleep(tokio::time::sleep)
-            .when(AgentError::is_transient)
-            .notify(|error, delay| {
-                attempt += 1;
-                log::event(format_args!(
-                    "{}; attempt {attempt}, retrying in {:.1}s",
-                    waiting_message(error),
-                    delay.as_secs_f64()
-                ));
-            })
-            .await
-            .map_err(|error| match error {
-                AgentError::MissingTags(missing) => AgentError::TimedOut {
-                    waited: policy.timeout,
-                    missing,
-                },
-                other => other,
-            })?;
+        let plan = while_waiting(policy, || self.plan()).await?;
         let written = self.apply(&plan, true)?;
         Ok(written.into_iter().map(|(path, _)| path).collect())
     }
@@ -157,7 +141,7 @@ impl Agent {
     async fn plan(&self) -> Result<Plan, AgentError> {
         let tags = self.reader.read().await?;
         let instance_id = self.reader.instance_id().await?;
-        let context = match context::build(&self.spec, &tags, &self.root, &instance_id) {
+        let mut context = match context::build(&self.spec, &tags, &self.root, &instance_id) {
             // Report every missing tag (secret names too), not just the peers.
             Err(AgentError::MissingTags(_)) => {
                 return Err(AgentError::MissingTags(context::missing_tags(
@@ -170,19 +154,39 @@ impl Agent {
         if !missing.is_empty() {
             return Err(AgentError::MissingTags(missing));
         }
-        let mut files = render::render_files(&self.spec, &context)?;
         let mut unfetched_secrets = Vec::new();
         if self.dry_run {
             for secret in &self.spec.secrets {
                 let parameter = secrets::parameter_name(secret, &tags)?;
                 unfetched_secrets.push((rooted(&self.root, &secret.path), parameter.to_string()));
             }
-        } else if !self.spec.secrets.is_empty() {
+            for wanted in &self.spec.secret_values {
+                if tags.contains_key(&wanted.name_tag) {
+                    context
+                        .secret_values
+                        .insert(wanted.name.clone(), SecretText::new(DRY_RUN_SECRET_VALUE));
+                }
+            }
+        } else {
+            let tagged = self
+                .spec
+                .secret_values
+                .iter()
+                .any(|v| tags.contains_key(&v.name_tag));
+            if tagged {
+                let ssm = self.aws.ssm().await;
+                context.secret_values = secrets::fetch_values(&self.spec, &tags, ssm).await?;
+            }
+        }
+        let rendered = render::render_with_warnings(&self.spec, &context)?;
+        let mut files = rendered.files;
+        if !self.dry_run && !self.spec.secrets.is_empty() {
             let ssm = self.aws.ssm().await;
             files.extend(secrets::fetch(&self.spec, &tags, &self.root, ssm).await?);
         }
         Ok(Plan {
             files,
+            warnings: rendered.warnings,
             unfetched_secrets,
         })
     }
@@ -198,15 +202,20 @@ impl Agent {
         }
         let mut written = Vec::new();
         for file in &plan.files {
-            match write::write_file(file, self.ownership)? {
+            let report = match write::write_file(file, self.ownership)? {
                 WriteOutcome::Written => {
                     log::event(format_args!("wrote {}", describe_file(file)));
                     written.push((file.path.clone(), file.services.clone()));
+                    true
                 }
                 WriteOutcome::Unchanged if log_unchanged => {
                     log::event(format_args!("unchanged {}", file.path.display()));
+                    true
                 }
-                WriteOutcome::Unchanged => {}
+                WriteOutcome::Unchanged => false,
+            };
+            if report {
+                log_warnings(plan, &file.path);
             }
         }
         for created in secrets::ensure_generated(&self.spec, &self.root, self.ownership)? {
@@ -227,6 +236,7 @@ impl Agent {
                 "would write"
             };
             println!("--- {verdict} {}", describe_file(file));
+            log_warnings(plan, &file.path);
             if !file.sensitive {
                 print!("{}", file.contents);
                 if !file.contents.ends_with('\n') {
@@ -255,6 +265,78 @@ impl Agent {
         }
         would_write
     }
+
+    /// The `mount` step: waits (like `render`) for the `obstack:data-volume` tag, then mounts
+    /// that volume as the role's `[data]` says ([`mount::prepare`]). `Ok(None)` for a role
+    /// without `[data]`, which has nothing to mount.
+    pub async fn mount(
+        &self,
+        policy: WaitPolicy,
+        options: MountOptions,
+    ) -> Result<Option<Mounted>, AgentError> {
+        let Some(data) = self.spec.data.clone() else {
+            log::event(format_args!(
+                "role {} keeps no data: nothing to mount",
+                self.spec.role
+            ));
+            return Ok(None);
+        };
+        let value = while_waiting(policy, || async {
+            let tags = self.reader.read().await?;
+            tags.get(tags::DATA_VOLUME)
+                .cloned()
+                .ok_or_else(|| AgentError::MissingTags(vec![tags::DATA_VOLUME.to_string()]))
+        })
+        .await?;
+        let volume = VolumeId::parse(&value)
+            .map_err(|reason| AgentError::bad_tag(tags::DATA_VOLUME, reason))?;
+        let root = self.root.clone();
+        // Polling a device and running mkfs block: off the async runtime's threads.
+        tokio::task::spawn_blocking(move || mount::prepare(&data, &volume, &root, &options))
+            .await
+            .map_err(|e| AgentError::Mount {
+                volume: value,
+                message: format!("the mount step stopped: {e}"),
+            })?
+            .map(Some)
+    }
+}
+
+/// Runs `attempt` until it succeeds, retrying with exponential backoff (bounded by
+/// `policy.timeout`) while its error is transient: tags missing, AWS unreachable. Missing
+/// tags at the end become [`AgentError::TimedOut`].
+async fn while_waiting<T, F, Fut>(policy: WaitPolicy, attempt: F) -> Result<T, AgentError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AgentError>>,
+{
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(policy.min_delay)
+        .with_max_delay(policy.max_delay)
+        .with_jitter()
+        .without_max_times()
+        .with_total_delay(Some(policy.timeout));
+    let mut tries = 0u32;
+    attempt
+        .retry(backoff)
+        .sleep(tokio::time::sleep)
+        .when(AgentError::is_transient)
+        .notify(|error, delay| {
+            tries += 1;
+            log::event(format_args!(
+                "{}; attempt {tries}, retrying in {:.1}s",
+                waiting_message(error),
+                delay.as_secs_f64()
+            ));
+        })
+        .await
+        .map_err(|error| match error {
+            AgentError::MissingTags(missing) => AgentError::TimedOut {
+                waited: policy.timeout,
+                missing,
+            },
+            other => other,
+        })
 }
 
 /// `/etc/x (0640 root:grafana, services a, b)`, plus `secret` for sensitive files.
@@ -278,6 +360,13 @@ fn describe_file(file: &RenderedFile) -> String {
         file.path.display(),
         file.mode
     )
+}
+
+/// The warnings the templates raised for the file at `path`, one line each.
+fn log_warnings(plan: &Plan, path: &std::path::Path) {
+    for (_, message) in plan.warnings.iter().filter(|(p, _)| p == path) {
+        log::event(format_args!("warning: {}: {message}", path.display()));
+    }
 }
 
 fn waiting_message(error: &AgentError) -> String {

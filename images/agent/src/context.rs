@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::AgentError;
 use crate::spec::{rooted, secret_stem, RoleSpec};
 use crate::tags::{self, Tags};
-use crate::value::{self, PeerAddress};
+use crate::value::{self, PeerAddress, SecretText, SnsTopic};
 
 /// What every template sees. Field names are the template variables.
 #[derive(Debug, Clone, Serialize)]
@@ -23,6 +23,12 @@ pub struct Context {
     pub absent: Vec<String>,
     /// `<file-stem>_path` → rendered path of each secret file (fetched or generated).
     pub secrets: BTreeMap<String, String>,
+    /// The SNS topic alerts page through (tag `obstack:alert-sns-topic-arn`), when tagged:
+    /// `{% if sns_topic %}... {{ sns_topic.arn }} {{ sns_topic.region }}`.
+    pub sns_topic: Option<SnsTopic>,
+    /// `[[secret_values]]` that were fetched, by name; an untagged one is not defined:
+    /// `{% if secret_values.alert_webhook_url is defined %}`.
+    pub secret_values: BTreeMap<String, SecretText>,
 }
 
 /// Validates every tag this role reads and builds the context.
@@ -44,12 +50,24 @@ pub fn build(
             .to_string(),
         None => tags::DEFAULT_BIND_ADDRESS.to_string(),
     };
-    for secret in &spec.secrets {
-        if let Some(name) = tags.get(&secret.name_tag) {
+    let name_tags = spec
+        .secrets
+        .iter()
+        .map(|s| &s.name_tag)
+        .chain(spec.secret_values.iter().map(|v| &v.name_tag));
+    for name_tag in name_tags {
+        if let Some(name) = tags.get(name_tag) {
             value::check_parameter_name(name)
-                .map_err(|reason| AgentError::bad_tag(&secret.name_tag, reason))?;
+                .map_err(|reason| AgentError::bad_tag(name_tag, reason))?;
         }
     }
+    let sns_topic = match tags.get(tags::ALERT_SNS_TOPIC_ARN) {
+        Some(raw) => Some(
+            SnsTopic::parse(raw)
+                .map_err(|reason| AgentError::bad_tag(tags::ALERT_SNS_TOPIC_ARN, reason))?,
+        ),
+        None => None,
+    };
     let absent = match tags.get(tags::ABSENT) {
         Some(raw) => {
             tags::parse_absent(raw).map_err(|reason| AgentError::bad_tag(tags::ABSENT, reason))?
@@ -97,6 +115,8 @@ pub fn build(
         peers,
         absent,
         secrets,
+        sns_topic,
+        secret_values: BTreeMap::new(),
     })
 }
 
@@ -146,6 +166,39 @@ mod tests {
         .unwrap();
         assert!(context.absent.is_empty());
         assert_eq!(context.peers["app"].address, "10.0.0.1:5000");
+    }
+
+    #[test]
+    fn the_sns_topic_tag_is_parsed_or_refused() {
+        let arn = "arn:aws:sns:eu-central-1:123456789012:obstack-alerts";
+        let good = tags(&[
+            ("obstack:peer:app", "10.0.0.1"),
+            ("obstack:alert-sns-topic-arn", arn),
+        ]);
+        let topic = build(&spec(), &good, "", "i-1").unwrap().sns_topic.unwrap();
+        assert_eq!(
+            (topic.arn.as_str(), topic.region.as_str()),
+            (arn, "eu-central-1")
+        );
+        let untagged = build(
+            &spec(),
+            &tags(&[("obstack:peer:app", "10.0.0.1")]),
+            "",
+            "i-1",
+        );
+        assert!(untagged.unwrap().sns_topic.is_none());
+        let bad = tags(&[
+            ("obstack:peer:app", "10.0.0.1"),
+            (
+                "obstack:alert-sns-topic-arn",
+                "arn:aws:sns:eu-central-1:12:obstack-alerts",
+            ),
+        ]);
+        let error = build(&spec(), &bad, "", "i-1").unwrap_err();
+        assert!(
+            matches!(&error, AgentError::BadTag { key, .. } if key == "obstack:alert-sns-topic-arn"),
+            "{error}"
+        );
     }
 
     #[test]

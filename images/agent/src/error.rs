@@ -48,6 +48,49 @@ pub enum AgentError {
     /// Writing an output file failed.
     #[error("writing {path}: {message}")]
     Write { path: PathBuf, message: String },
+
+    /// `mount`: the data volume's device never appeared; nothing was mounted.
+    #[error(
+        "data volume {volume} did not appear within {}s (no {link}, no NVMe device with serial \
+         {serial}); check that the volume is attached to this instance (aws_volume_attachment)",
+        .waited.as_secs_f64()
+    )]
+    VolumeMissing {
+        volume: String,
+        waited: std::time::Duration,
+        link: String,
+        serial: String,
+    },
+
+    /// `mount`: the data volume holds something that is not the role's filesystem. It is
+    /// never formatted and not mounted.
+    #[error(
+        "data volume {volume} ({device}) holds {found}; it is neither formatted nor mounted. \
+         Attach the role's own volume, or, if nothing on it is needed, erase it yourself \
+         (wipefs -a {device}) and reboot"
+    )]
+    VolumeForeign {
+        volume: String,
+        device: String,
+        found: String,
+    },
+
+    /// `mount`: the data volume is smaller than the role's `[data] min_size_gib`.
+    #[error(
+        "data volume {volume} ({device}) is {size}, below the {min_gib} GiB this role needs \
+         (role.toml [data] min_size_gib); give it a bigger volume (Terraform \
+         data_volume_size_gb); nothing was mounted"
+    )]
+    VolumeTooSmall {
+        volume: String,
+        device: String,
+        size: String,
+        min_gib: u64,
+    },
+
+    /// `mount`: formatting, mounting or preparing the data volume failed.
+    #[error("data volume {volume}: {message}")]
+    Mount { volume: String, message: String },
 }
 
 impl AgentError {

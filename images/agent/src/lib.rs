@@ -10,8 +10,10 @@
 mod agent;
 mod aws;
 mod context;
+pub mod data;
 mod error;
 mod log;
+pub mod mount;
 mod render;
 mod restart;
 mod secrets;
@@ -21,6 +23,7 @@ pub mod tags;
 mod value;
 mod write;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use agent::{Agent, AgentOptions, WaitPolicy};
@@ -31,7 +34,7 @@ pub use restart::Restarter;
 pub use secrets::{ensure_generated, Created};
 pub use source::TagSource;
 pub use spec::RoleSpec;
-pub use value::PeerAddress;
+pub use value::{PeerAddress, SecretText, SnsTopic};
 pub use write::{write_file, write_files, Ownership, WriteOutcome};
 
 /// Renders `role`'s templates from `tags`, in memory. Pure: validates the tags (a bad value
@@ -56,6 +59,39 @@ pub fn render_spec(
     root: &str,
     instance_id: &str,
 ) -> Result<Vec<RenderedFile>, AgentError> {
-    let context = context::build(spec, tags, root, instance_id)?;
+    render_spec_with_secrets(spec, tags, &BTreeMap::new(), root, instance_id)
+}
+
+/// [`render_spec`] with the values of the spec's `[[secret_values]]` given by the caller
+/// (on EC2 the agent fetches them from SSM; `xtask up` and tests supply their own), by
+/// name. Each is checked like a fetched one; a file holding one comes back sensitive.
+pub fn render_spec_with_secrets(
+    spec: &RoleSpec,
+    tags: &tags::Tags,
+    secret_values: &BTreeMap<String, String>,
+    root: &str,
+    instance_id: &str,
+) -> Result<Vec<RenderedFile>, AgentError> {
+    let mut context = context::build(spec, tags, root, instance_id)?;
+    for (name, text) in secret_values {
+        let wanted = spec
+            .secret_values
+            .iter()
+            .find(|v| &v.name == name)
+            .ok_or_else(|| {
+                AgentError::spec(
+                    &spec.dir,
+                    format!("has no [[secret_values]] named `{name}`"),
+                )
+            })?;
+        value::check_inline_secret(text).map_err(|message| AgentError::Secret {
+            tag: wanted.name_tag.clone(),
+            parameter: format!("(local value of {name})"),
+            message,
+        })?;
+        context
+            .secret_values
+            .insert(name.clone(), SecretText::new(text.as_str()));
+    }
     render::render_files(spec, &context)
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use stack_agent::mount::{Lookup, MountOptions};
 use stack_agent::{Agent, AgentError, AgentOptions, Restarter, TagSource, WaitPolicy};
 
 const EXIT_CODES: &str = "\
@@ -16,7 +17,12 @@ Exit codes:
   3  timed out waiting for required tags (render)
   4  a tag has a bad value (nothing was written)
   5  render error: broken role spec or template, or a file could not be written
-  6  tag source or AWS error that outlasted the wait (no IMDSv2 token, EC2/SSM API failure)";
+  6  tag source or AWS error that outlasted the wait (no IMDSv2 token, EC2/SSM API failure)
+  7  mount: the data volume never appeared (not attached); nothing was mounted
+  8  mount: the data volume holds another filesystem, a partition table or other
+     signatures; it is never formatted, and was not mounted
+  9  mount: the data volume is smaller than the role's [data] min_size_gib; not mounted
+ 10  mount: formatting, mounting or preparing the data volume failed; not left mounted";
 
 /// Boot agent: renders this instance's service configs from its EC2 tags.
 #[derive(Debug, Parser)]
@@ -42,6 +48,33 @@ enum Command {
         /// Longest delay between attempts, in seconds.
         #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds)]
         max_delay: Duration,
+    },
+    /// Mount this role's EBS data volume (the tag `obstack:data-volume` names it) at its
+    /// `[data]` mount point, formatting it only when it holds nothing at all; a oneshot
+    /// before `render` and the role's services. A role without `[data]` has nothing to do.
+    #[command(after_help = EXIT_CODES)]
+    Mount {
+        #[command(flatten)]
+        common: Common,
+        /// Give up waiting for the `obstack:data-volume` tag after this many seconds.
+        #[arg(long, value_name = "SECS", default_value = "600", value_parser = seconds)]
+        wait_timeout: Duration,
+        /// First delay between tag reads, in seconds; it doubles up to --max-delay.
+        #[arg(long, value_name = "SECS", default_value = "1", value_parser = seconds)]
+        min_delay: Duration,
+        /// Longest delay between tag reads, in seconds.
+        #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds)]
+        max_delay: Duration,
+        /// Give up waiting for the volume's block device (its attachment) after this many
+        /// seconds (exit code 7).
+        #[arg(long, value_name = "SECS", default_value = "300", value_parser = seconds)]
+        device_timeout: Duration,
+        /// Where udev links NVMe devices by serial (nvme-Amazon_Elastic_Block_Store_vol...).
+        #[arg(long, value_name = "DIR", default_value = "/dev/disk/by-id")]
+        devices_dir: PathBuf,
+        /// sysfs, scanned for the volume's NVMe serial when the link is not there (yet).
+        #[arg(long, value_name = "DIR", default_value = "/sys")]
+        sysfs: PathBuf,
     },
     /// Poll the tags; on a change, re-render and restart only the affected services.
     #[command(after_help = EXIT_CODES)]
@@ -84,6 +117,10 @@ struct Common {
     #[arg(long)]
     dry_run: bool,
 }
+
+/// How often `mount` looks for the data volume's device: an attachment shows up within
+/// seconds, and a look is two directory reads.
+const DEVICE_POLL: Duration = Duration::from_millis(250);
 
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -139,6 +176,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             agent.render(policy).await?;
             Ok(())
         }
+        Command::Mount {
+            common,
+            wait_timeout,
+            min_delay,
+            max_delay,
+            device_timeout,
+            devices_dir,
+            sysfs,
+        } => {
+            let dry_run = common.dry_run;
+            let agent = Agent::new(common.into_options()?)?;
+            let policy = WaitPolicy {
+                timeout: wait_timeout,
+                min_delay,
+                max_delay: max_delay.max(min_delay),
+            };
+            let options = MountOptions {
+                lookup: Lookup {
+                    devices_dir,
+                    sysfs_dir: sysfs,
+                },
+                device_timeout,
+                poll: DEVICE_POLL,
+                dry_run,
+            };
+            agent.mount(policy, options).await?;
+            Ok(())
+        }
         Command::Watch {
             common,
             interval,
@@ -163,6 +228,10 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         Some(AgentError::BadTag { .. }) => 4,
         Some(AgentError::Spec { .. } | AgentError::Template { .. } | AgentError::Write { .. }) => 5,
         Some(AgentError::TagSource { .. } | AgentError::Secret { .. }) => 6,
+        Some(AgentError::VolumeMissing { .. }) => 7,
+        Some(AgentError::VolumeForeign { .. }) => 8,
+        Some(AgentError::VolumeTooSmall { .. }) => 9,
+        Some(AgentError::Mount { .. }) => 10,
         None => 1,
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 
@@ -45,39 +46,77 @@ impl fmt::Debug for RenderedFile {
     }
 }
 
+/// What rendering produced: the files, and each warning a template raised with
+/// `{{ warn("...") }}` (a config that works but that an operator should hear about).
+#[derive(Debug, Default)]
+pub struct Rendered {
+    pub files: Vec<RenderedFile>,
+    /// (output path, message), in template order.
+    pub warnings: Vec<(PathBuf, String)>,
+}
+
 /// Renders every `[[files]]` entry of `spec` with `context`.
 pub fn render_files(spec: &RoleSpec, context: &Context) -> Result<Vec<RenderedFile>, AgentError> {
-    let env = environment();
-    spec.files
-        .iter()
-        .map(|file| {
-            let template_path = spec.dir.join(&file.template);
-            let name = file.template.display().to_string();
-            let source = std::fs::read_to_string(&template_path)
-                .map_err(|e| AgentError::spec(&template_path, format!("cannot read it: {e}")))?;
-            let contents = env.render_named_str(&name, &source, context).map_err(|e| {
-                AgentError::Template {
+    render_with_warnings(spec, context).map(|rendered| rendered.files)
+}
+
+/// [`render_files`], keeping the templates' warnings. A file that holds one of the
+/// context's secret values is marked sensitive, whatever its template.
+pub fn render_with_warnings(spec: &RoleSpec, context: &Context) -> Result<Rendered, AgentError> {
+    let raised = Arc::new(Mutex::new(Vec::new()));
+    let env = environment(raised.clone());
+    let secrets: Vec<&str> = context
+        .secret_values
+        .values()
+        .map(|value| value.expose())
+        .filter(|text| !text.is_empty())
+        .collect();
+    let mut rendered = Rendered::default();
+    for file in &spec.files {
+        let template_path = spec.dir.join(&file.template);
+        let name = file.template.display().to_string();
+        let source = std::fs::read_to_string(&template_path)
+            .map_err(|e| AgentError::spec(&template_path, format!("cannot read it: {e}")))?;
+        let contents =
+            env.render_named_str(&name, &source, context)
+                .map_err(|e| AgentError::Template {
                     template: name,
                     message: describe(&e),
-                }
-            })?;
-            Ok(RenderedFile {
-                path: rooted(&context.root, &file.path),
-                contents,
-                mode: file.mode.0,
-                owner: file.owner.clone(),
-                group: file.group.clone(),
-                services: file.services.clone(),
-                sensitive: false,
-            })
-        })
-        .collect()
+                })?;
+        let path = rooted(&context.root, &file.path);
+        let messages: Vec<String> = match raised.lock() {
+            Ok(mut messages) => messages.drain(..).collect(),
+            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+        };
+        rendered
+            .warnings
+            .extend(messages.into_iter().map(|m| (path.clone(), m)));
+        let sensitive = secrets.iter().any(|secret| contents.contains(secret));
+        rendered.files.push(RenderedFile {
+            path,
+            contents,
+            mode: file.mode.0,
+            owner: file.owner.clone(),
+            group: file.group.clone(),
+            services: file.services.clone(),
+            sensitive,
+        });
+    }
+    Ok(rendered)
 }
 
 /// Strict about undefined variables, literal output (no HTML/JSON escaping: values are
-/// validated instead), and trailing newlines kept, as config files expect.
-fn environment() -> Environment<'static> {
+/// validated instead), and trailing newlines kept, as config files expect. `warn(message)`
+/// renders nothing and hands `message` to `raised`.
+fn environment(raised: Arc<Mutex<Vec<String>>>) -> Environment<'static> {
     let mut env = Environment::new();
+    env.add_function("warn", move |message: String| {
+        match raised.lock() {
+            Ok(mut messages) => messages.push(message),
+            Err(poisoned) => poisoned.into_inner().push(message),
+        }
+        String::new()
+    });
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_keep_trailing_newline(true);

@@ -8,6 +8,7 @@ use crate::error::AgentError;
 use crate::render::RenderedFile;
 use crate::spec::{rooted, RoleSpec, SecretSpec};
 use crate::tags::Tags;
+use crate::value::{self, SecretText};
 use crate::write::{self, Ownership};
 
 /// Fetches every `[[secrets]]` entry (decrypted). The caller has checked that the name tags
@@ -42,6 +43,41 @@ pub async fn fetch(
         });
     }
     Ok(files)
+}
+
+/// Fetches every `[[secret_values]]` entry whose name tag is present (decrypted), checked
+/// to be safe inside a quoted config string. The caller has validated the name tags.
+pub async fn fetch_values(
+    spec: &RoleSpec,
+    tags: &Tags,
+    ssm: &aws_sdk_ssm::Client,
+) -> Result<std::collections::BTreeMap<String, SecretText>, AgentError> {
+    let mut values = std::collections::BTreeMap::new();
+    for wanted in &spec.secret_values {
+        let Some(parameter) = tags.get(&wanted.name_tag) else {
+            continue;
+        };
+        let error = |message: String| AgentError::Secret {
+            tag: wanted.name_tag.clone(),
+            parameter: parameter.clone(),
+            message,
+        };
+        let text = ssm
+            .get_parameter()
+            .name(parameter)
+            .with_decryption(true)
+            .send()
+            .await
+            .map_err(|e| error(DisplayErrorContext(&e).to_string()))?
+            .parameter
+            .and_then(|p| p.value)
+            .ok_or_else(|| error("the parameter has no value".into()))?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        value::check_inline_secret(text)
+            .map_err(|reason| error(format!("{reason}; store the bare URL as a SecureString")))?;
+        values.insert(wanted.name.clone(), SecretText::new(text));
+    }
+    Ok(values)
 }
 
 /// The parameter name held by the secret's tag.

@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::data::DataSpec;
 use crate::error::AgentError;
 use crate::tags;
 
@@ -25,6 +26,11 @@ pub struct RoleSpec {
     pub secrets: Vec<SecretSpec>,
     #[serde(default)]
     pub generated: Vec<GeneratedSpec>,
+    /// Where the role keeps its state: the EBS data volume the `mount` step mounts.
+    #[serde(default)]
+    pub data: Option<DataSpec>,
+    #[serde(default)]
+    pub secret_values: Vec<SecretValueSpec>,
     /// What the image ships and runs: read by xtask and the image checks, not the agent.
     #[serde(default, rename = "image")]
     _image: serde::de::IgnoredAny,
@@ -76,6 +82,17 @@ pub struct SecretSpec {
     pub mode: Mode,
     #[serde(default)]
     pub services: Vec<String>,
+}
+
+/// An optional secret that templates write into a config (a webhook URL whose program
+/// reads it from nowhere else): an SSM SecureString named by the tag `name_tag`, fetched
+/// only when that tag is present. Templates see it as `secret_values.<name>`; a file
+/// holding it is treated as a secret (never printed, never logged).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretValueSpec {
+    pub name: String,
+    pub name_tag: String,
 }
 
 /// A random secret created once (hex of `bytes` random bytes) and never overwritten.
@@ -175,6 +192,25 @@ impl RoleSpec {
         for secret in &self.secrets {
             tags::check_key(&secret.name_tag)?;
         }
+        let mut value_names = BTreeSet::new();
+        for value in &self.secret_values {
+            tags::check_key(&value.name_tag)?;
+            let identifier = value.name.starts_with(|c: char| c.is_ascii_lowercase())
+                && value
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            if !identifier {
+                return Err(format!(
+                    "secret value name `{}` must be lowercase letters, digits and `_`, \
+                     starting with a letter (templates use it as a variable)",
+                    value.name
+                ));
+            }
+            if !value_names.insert(value.name.as_str()) {
+                return Err(format!("secret value `{}` is listed twice", value.name));
+            }
+        }
         let outputs = self
             .files
             .iter()
@@ -209,6 +245,9 @@ impl RoleSpec {
                     file.template.display()
                 ));
             }
+        }
+        if let Some(data) = &self.data {
+            data.check()?;
         }
         for generated in &self.generated {
             if generated.bytes == 0 || generated.bytes > 4096 {
@@ -320,6 +359,20 @@ mod tests {
             parse("role = \"x\"\n[[files]]\ntemplate = \"t\"\npath = \"/x\"\nmode = \"9\"")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn secret_values_need_a_variable_name_once_and_a_valid_tag() {
+        let one =
+            "role = \"x\"\n[[secret_values]]\nname = \"hook_url\"\nname_tag = \"obstack:hook\"\n";
+        parse(one).unwrap();
+        let twice =
+            format!("{one}[[secret_values]]\nname = \"hook_url\"\nname_tag = \"obstack:b\"\n");
+        assert!(parse(&twice).unwrap_err().contains("twice"));
+        let bad_name = one.replace("hook_url", "hook-url");
+        assert!(parse(&bad_name).unwrap_err().contains("lowercase"));
+        let bad_tag = one.replace("obstack:hook", "obstack hook");
+        assert!(parse(&bad_tag).unwrap_err().contains("tag key"));
     }
 
     #[test]

@@ -18,6 +18,13 @@ pub const GRAFANA_ADMIN_PASSWORD_PARAM: &str = "obstack:grafana-admin-password-p
 /// Templates see it as the list `absent`; a peer named in it has no address and is not
 /// waited for, even when required.
 pub const ABSENT: &str = "obstack:absent";
+/// Optional ARN of the SNS topic Alertmanager pages through (Prometheus' instance only),
+/// `arn:aws:sns:<region>:<account>:<name>`. Alertmanager signs with the instance role.
+pub const ALERT_SNS_TOPIC_ARN: &str = "obstack:alert-sns-topic-arn";
+
+/// The id of the instance's EBS data volume (`vol-...`), on the stateful roles' instances:
+/// the `mount` step mounts that volume before any service starts.
+pub const DATA_VOLUME: &str = "obstack:data-volume";
 
 /// Where `bind_address` points when the instance has no `obstack:bind-address` tag.
 pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
@@ -107,6 +114,8 @@ mod tests {
             BIND_ADDRESS,
             GRAFANA_ADMIN_PASSWORD_PARAM,
             ABSENT,
+            DATA_VOLUME,
+            ALERT_SNS_TOPIC_ARN,
             &peer_key("loki"),
         ] {
             assert_eq!(check_key(key), Ok(()), "{key}");

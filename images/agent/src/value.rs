@@ -11,6 +11,8 @@ const MAX_HOST_LEN: usize = 253;
 const MAX_VALUE_LEN: usize = 256;
 /// SSM parameter names (with their path) are at most 2048 characters, tags at most 256.
 const MAX_PARAMETER_NAME_LEN: usize = MAX_VALUE_LEN;
+/// A secret value rendered into a config (an SSM SecureString holds up to 8 KiB).
+const MAX_INLINE_SECRET_LEN: usize = 2048;
 
 /// A peer's validated address, as exposed to templates (`peers.<name>.*`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -73,6 +75,135 @@ pub fn check_parameter_name(value: &str) -> Result<(), String> {
         )),
         None => Ok(()),
     }
+}
+
+/// A secret's text on its way into a template: serialised as itself, debug-printed as
+/// `<redacted>` so that logging a context can never leak it.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct SecretText(String);
+
+impl SecretText {
+    pub fn new(text: impl Into<String>) -> SecretText {
+        SecretText(text.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// An SNS topic's validated ARN, as exposed to templates (`sns_topic.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnsTopic {
+    /// The whole ARN, as tagged.
+    pub arn: String,
+    /// `aws`, `aws-cn`, `aws-us-gov`, ...
+    pub partition: String,
+    /// The region the topic lives in: where a signed Publish must go.
+    pub region: String,
+    pub account: String,
+    pub name: String,
+}
+
+impl SnsTopic {
+    /// Parses `arn:<partition>:sns:<region>:<12-digit account>:<topic name>`.
+    pub fn parse(value: &str) -> Result<SnsTopic, String> {
+        check_plain_text(value)?;
+        let shape = "an SNS topic ARN looks like arn:aws:sns:<region>:<12-digit account>:<topic>";
+        let parts: Vec<&str> = value.split(':').collect();
+        let [arn, partition, service, region, account, name] = parts[..] else {
+            return Err(format!("`{value}` is not {shape}"));
+        };
+        let partition_ok = partition
+            .strip_prefix("aws")
+            .is_some_and(|rest| rest.is_empty() || is_lower_words(rest));
+        if arn != "arn" || service != "sns" || !partition_ok {
+            return Err(format!("`{value}` is not {shape}"));
+        }
+        if !is_region(region) {
+            return Err(format!(
+                "`{region}` is not an AWS region (like us-east-1); {shape}"
+            ));
+        }
+        if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!("`{account}` is not a 12-digit account id; {shape}"));
+        }
+        // SNS: 1-256 letters, digits, `-` and `_`; a FIFO topic ends in `.fifo`.
+        let stem = name.strip_suffix(".fifo").unwrap_or(name);
+        let name_ok = !stem.is_empty()
+            && name.len() <= 256
+            && stem
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return Err(format!(
+                "`{name}` is not an SNS topic name (letters, digits, `-` and `_`); {shape}"
+            ));
+        }
+        Ok(SnsTopic {
+            arn: value.to_string(),
+            partition: partition.to_string(),
+            region: region.to_string(),
+            account: account.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// `-cn`, `-us-gov`: dash-separated lowercase words.
+fn is_lower_words(text: &str) -> bool {
+    text.strip_prefix('-').is_some_and(|rest| {
+        rest.split('-')
+            .all(|word| !word.is_empty() && word.chars().all(|c| c.is_ascii_lowercase()))
+    })
+}
+
+/// `us-east-1`, `us-gov-west-1`, `ap-southeast-2`: words, then a number.
+fn is_region(region: &str) -> bool {
+    let Some((words, number)) = region.rsplit_once('-') else {
+        return false;
+    };
+    let words: Vec<&str> = words.split('-').collect();
+    !number.is_empty()
+        && number.chars().all(|c| c.is_ascii_digit())
+        && words.len() >= 2
+        && words
+            .iter()
+            .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()))
+}
+
+/// Checks a secret value that templates write inside a double-quoted config string (a
+/// webhook URL): one line, no whitespace, quotes, backslashes or control characters. The
+/// error never quotes the value.
+pub fn check_inline_secret(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("the value is empty".into());
+    }
+    if value.len() > MAX_INLINE_SECRET_LEN {
+        return Err(format!(
+            "the value is {} characters long; at most {MAX_INLINE_SECRET_LEN} are allowed",
+            value.len()
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || "\"'\\`".contains(c))
+    {
+        return Err(
+            "the value contains whitespace, a quote, a backslash or a control character".into(),
+        );
+    }
+    if !(value.starts_with("https://") || value.starts_with("http://")) {
+        return Err("the value is not an http:// or https:// URL".into());
+    }
+    Ok(())
 }
 
 /// Refuses the values that could break out of a config line, with a precise reason.
@@ -240,6 +371,70 @@ mod tests {
         assert!(parse_bind_address("127.0.0.1").is_ok());
         assert!(parse_bind_address("::").is_ok());
         assert!(parse_bind_address("localhost").is_err());
+    }
+
+    #[test]
+    fn sns_topic_arns_are_split_into_their_parts() {
+        let topic = SnsTopic::parse("arn:aws:sns:eu-west-1:123456789012:obstack-alerts").unwrap();
+        assert_eq!(
+            (
+                topic.partition.as_str(),
+                topic.region.as_str(),
+                topic.account.as_str(),
+                topic.name.as_str()
+            ),
+            ("aws", "eu-west-1", "123456789012", "obstack-alerts")
+        );
+        assert!(SnsTopic::parse("arn:aws-us-gov:sns:us-gov-west-1:123456789012:a_b").is_ok());
+        assert!(SnsTopic::parse("arn:aws-cn:sns:cn-north-1:123456789012:t.fifo").is_ok());
+    }
+
+    #[test]
+    fn bad_sns_topic_arns_are_refused_with_a_reason() {
+        for (value, reason) in [
+            ("", "empty"),
+            ("obstack-alerts", "not an SNS topic ARN"),
+            (
+                "arn:aws:sqs:us-east-1:123456789012:q",
+                "not an SNS topic ARN",
+            ),
+            (
+                "arn:azure:sns:us-east-1:123456789012:t",
+                "not an SNS topic ARN",
+            ),
+            (
+                "arn:aws:sns:us-east-1:123456789012:t:extra",
+                "not an SNS topic ARN",
+            ),
+            ("arn:aws:sns:useast1:123456789012:t", "not an AWS region"),
+            ("arn:aws:sns:US-EAST-1:123456789012:t", "not an AWS region"),
+            ("arn:aws:sns:us-east-1:1234:t", "12-digit"),
+            ("arn:aws:sns:us-east-1:123456789012:", "topic name"),
+            ("arn:aws:sns:us-east-1:123456789012:a\"b", "topic name"),
+            ("arn:aws:sns:us-east-1:123456789012:t\nx: y", "line break"),
+        ] {
+            let error = SnsTopic::parse(value).unwrap_err();
+            assert!(error.contains(reason), "{value:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn inline_secrets_are_urls_that_cannot_break_a_quoted_string() {
+        assert!(check_inline_secret("https://hooks.example.com/services/T0/B0/x-y_z").is_ok());
+        for bad in [
+            "",
+            "hooks.example.com/x",
+            "https://a\"b",
+            "https://a b",
+            "https://a\nb",
+            "https://a\\b",
+        ] {
+            let error = check_inline_secret(bad).unwrap_err();
+            assert!(
+                bad.is_empty() || !error.contains(bad),
+                "{error} quotes the value"
+            );
+        }
     }
 
     #[test]

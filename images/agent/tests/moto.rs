@@ -332,3 +332,103 @@ fn a_missing_ssm_parameter_fails_after_the_wait() {
         "wrote configs without the secret"
     );
 }
+
+/// The real Prometheus role (images/prometheus), not a fixture, against moto.
+fn prometheus_on_moto(moto: &Moto, root: &Path, instance: &str, extra: &[&str]) -> Command {
+    let images = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("images/agent has a parent");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stack-agent"));
+    command
+        .args(["render", "--role", "prometheus", "--spec-dir"])
+        .arg(images)
+        .arg("--root")
+        .arg(root)
+        .args(["--tags-from", "ec2", "--instance-id", instance])
+        .args(extra)
+        .env_remove("STACK_AGENT_SPEC_DIR")
+        .env_remove("AWS_PROFILE")
+        .stdin(std::process::Stdio::null());
+    moto.apply_env(&mut command);
+    command
+}
+
+#[test]
+fn the_alert_webhook_url_comes_from_ssm_into_alertmanagers_config_and_no_log() {
+    let moto = Moto::start();
+    let aws = Aws::new(&moto);
+    let url = "https://hooks.example.com/services/T0SECRET/B0SECRET/xyzzy";
+    aws.put_secure_string("/obstack/test/alert-webhook-url", &format!("{url}\n"));
+    let instance = aws.launch(&[
+        ("obstack:role", "prometheus"),
+        ("obstack:peer:app", "10.0.1.10"),
+        (
+            "obstack:alert-webhook-url-param",
+            "/obstack/test/alert-webhook-url",
+        ),
+    ]);
+    let root = tempfile::tempdir().unwrap();
+
+    // Dry-run: nothing fetched, and the file that would hold the URL is not printed.
+    let dry = run(
+        &mut prometheus_on_moto(&moto, root.path(), &instance, &["--dry-run"]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
+    let printed = stdout(&dry);
+    assert!(
+        printed.contains("would write secret ") && printed.contains("alertmanager.yml"),
+        "{printed}"
+    );
+    assert!(!printed.contains("webhook_configs"), "{printed}");
+
+    let output = run(
+        &mut prometheus_on_moto(&moto, root.path(), &instance, &[]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let config_path = root.path().join("etc/alertmanager/alertmanager.yml");
+    let config = read(&config_path);
+    assert!(config.contains(&format!("- url: \"{url}\"\n")), "{config}");
+    assert_eq!(mode(&config_path), 0o640);
+    let logged = format!("{}{}", stderr(&output), stdout(&output));
+    assert!(!logged.contains("SECRET"), "the URL was logged: {logged}");
+    assert!(
+        logged.contains("wrote secret ") && !logged.contains("warning:"),
+        "{logged}"
+    );
+
+    // A value that could break out of its quoted string is refused, naming the parameter
+    // but not the value, and the file keeps its last good contents.
+    aws.put_secure_string(
+        "/obstack/test/alert-webhook-url",
+        "https://x\" evil: SECRET",
+    );
+    let refused = run(
+        &mut prometheus_on_moto(
+            &moto,
+            root.path(),
+            &instance,
+            &[
+                "--wait-timeout",
+                "0.3",
+                "--min-delay",
+                "0.05",
+                "--max-delay",
+                "0.1",
+            ],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_ne!(refused.status.code(), Some(0));
+    let message = stderr(&refused);
+    assert!(
+        message.contains("/obstack/test/alert-webhook-url"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("SECRET"),
+        "the value was logged: {message}"
+    );
+    assert_eq!(read(&config_path), config);
+}

@@ -11,7 +11,8 @@ expect_version promtail /usr/local/bin/promtail -version
 /usr/local/bin/demo-app --help >/dev/null || die "demo-app does not run"
 /usr/local/bin/stack-agent --help >/dev/null || die "stack-agent does not run"
 
-verify_units stack-agent-render.service stack-agent-watch.service node_exporter.service \
+verify_units stack-agent-mount.service stack-agent-render.service stack-agent-watch.service \
+  node_exporter.service \
   demo-app.service promtail.service
 
 work=$(mktemp -d)

@@ -1,9 +1,11 @@
 //! Dashboard lint: the baked Grafana dashboards are plain JSON that Grafana can provision as
 //! is, refer only to provisioned datasources, and query only what the stack really has:
 //! every PromQL expression parses (promtool) and names metrics that exist (scraped from a
-//! running demo-app, node_exporter's list in fixtures/, or Prometheus' own); every LogQL
-//! selector uses labels the Promtail config sets. The alert rules get the metric check too.
+//! running demo-app and a running Alertmanager, node_exporter's list in fixtures/, or
+//! Prometheus' own); every LogQL selector uses labels the Promtail config sets. The alert
+//! rules get the metric check too.
 
+mod alerting;
 mod stack;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -448,6 +450,24 @@ fn node_exporter_metrics() -> BTreeSet<String> {
         .collect()
 }
 
+/// What a real Alertmanager (the rendered config) exposes on /metrics.
+fn scrape_alertmanager() -> BTreeSet<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let tags = stack::sample_tags("prometheus");
+    let files = alerting::render_prometheus_role(&tags, None, dir.path());
+    let config = dir.path().join("alertmanager.yml");
+    std::fs::write(
+        &config,
+        &alerting::rendered(&files, dir.path(), alerting::CONFIG_PATH).contents,
+    )
+    .unwrap();
+    let alertmanager = alerting::start_alertmanager(&config, dir.path());
+    let text = reqwest::blocking::get(format!("{}/metrics", alertmanager.url()))
+        .and_then(|r| r.text())
+        .unwrap_or_else(|e| panic!("scraping Alertmanager: {e}\n{}", alertmanager.output()));
+    exposition(&text).into_keys().collect()
+}
+
 /// The jobs the rendered Prometheus config scrapes.
 fn prometheus_jobs() -> BTreeSet<String> {
     let root = tempfile::tempdir().unwrap();
@@ -539,7 +559,14 @@ fn every_promql_expression_names_metrics_that_exist() {
             app.keys()
         );
     }
-    let node = node_exporter_metrics();
+    // Metrics other exporters expose: node_exporter's list, and a real Alertmanager's.
+    let mut node = node_exporter_metrics();
+    let alertmanager = scrape_alertmanager();
+    assert!(
+        alertmanager.contains("alertmanager_notifications_failed_total"),
+        "{alertmanager:?}"
+    );
+    node.extend(alertmanager);
     let jobs = prometheus_jobs();
     let mut checked = 0;
     let mut problems = Vec::new();

@@ -194,10 +194,18 @@ fn every_variable_is_documented_in_the_readme_and_no_other() {
 fn the_golden_source_is_encrypted_reached_through_ssm_and_built_on_canonicals_ubuntu() {
     let body = template();
     let golden = source(&body, "golden");
+    // Encrypted at launch, so the AMI's snapshot is too; encrypt_boot would only add an
+    // intermediate AMI copy (and ec2:CopyImage to the bake role).
+    let launch = golden
+        .body()
+        .blocks()
+        .find(|b| b.identifier() == "launch_block_device_mappings")
+        .unwrap_or_else(|| panic!("no launch_block_device_mappings"));
     assert_eq!(
-        attribute(golden, "encrypt_boot"),
+        attribute(launch, "encrypted"),
         Some(&Expression::Bool(true))
     );
+    assert_eq!(attribute(golden, "encrypt_boot"), None);
     assert_eq!(
         attribute(golden, "ssh_clear_authorized_keys"),
         Some(&Expression::Bool(true))

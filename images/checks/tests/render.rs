@@ -222,7 +222,9 @@ fn prometheus_scrapes_every_service_and_node_every_15s() {
     expect("promtail", &[format!("{APP_IP}:9080")]);
     expect("loki", &[format!("{LOKI_IP}:3100")]);
     expect("grafana", &[format!("{GRAFANA_IP}:3000")]);
-    assert_eq!(targets.len(), 6, "unexpected jobs: {targets:?}");
+    // Alertmanager runs beside Prometheus and is reached like it.
+    expect("alertmanager", &["127.0.0.1:9093".into()]);
+    assert_eq!(targets.len(), 7, "unexpected jobs: {targets:?}");
 }
 
 #[test]
@@ -237,7 +239,7 @@ fn prometheus_without_optional_peers_scrapes_what_exists() {
     let jobs: BTreeSet<&str> = targets.keys().map(String::as_str).collect();
     assert_eq!(
         jobs,
-        BTreeSet::from(["demo-app", "node", "prometheus", "promtail"])
+        BTreeSet::from(["alertmanager", "demo-app", "node", "prometheus", "promtail"])
     );
     assert_eq!(targets["node"].len(), 2, "{targets:?}");
 }
@@ -290,7 +292,7 @@ fn prometheus_leaves_out_the_services_tagged_absent() {
     tags.insert("obstack:bind-address".into(), "127.0.0.1".into());
     tags.insert(
         "obstack:absent".into(),
-        "loki,promtail,grafana,node_exporter".into(),
+        "loki,promtail,alertmanager,grafana,node_exporter".into(),
     );
     let files = render("prometheus", &tags, root.path());
     let config = yaml(&file(&files, root.path(), "/etc/prometheus/prometheus.yml").contents);
@@ -416,6 +418,11 @@ fn grafana_datasources_point_at_the_tagged_peers_with_fixed_uids() {
     let loki = by_uid("loki");
     assert_eq!(loki["type"], "loki");
     assert_eq!(loki["url"], format!("http://{LOKI_IP}:3100"));
+    // Alertmanager runs beside Prometheus, on 9093.
+    let alertmanager = by_uid("alertmanager");
+    assert_eq!(alertmanager["type"], "alertmanager");
+    assert_eq!(alertmanager["url"], format!("http://{PROMETHEUS_IP}:9093"));
+    assert_eq!(alertmanager["jsonData"]["implementation"], "prometheus");
     let defaults = sources.iter().filter(|s| s["isDefault"] == true).count();
     assert_eq!(defaults, 1, "exactly one default datasource");
 }
@@ -436,7 +443,7 @@ fn grafana_provisions_the_baked_dashboards() {
     assert_eq!(provider["type"], "file");
     assert_eq!(
         provider["options"]["path"],
-        format!("{}/var/lib/grafana/dashboards", root.path().display())
+        format!("{}/etc/grafana/dashboards", root.path().display())
     );
     let baked = std::fs::read_dir(stack::dashboards_dir())
         .unwrap()

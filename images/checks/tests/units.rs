@@ -326,9 +326,12 @@ fn every_service_runs_as_its_own_user_hardened_and_restarting_on_failure() {
                 );
             };
             expect("NoNewPrivileges", &["yes", "true"]);
-            expect("ProtectSystem", &["strict"]);
-            expect("ProtectHome", &["yes", "true", "read-only", "tmpfs"]);
-            expect("PrivateTmp", &["yes", "true"]);
+            // The mount step must mount in the host's namespace: checked on its own below.
+            if name != MOUNT_UNIT {
+                expect("ProtectSystem", &["strict"]);
+                expect("ProtectHome", &["yes", "true", "read-only", "tmpfs"]);
+                expect("PrivateTmp", &["yes", "true"]);
+            }
             if single(&unit, "Service", "Type") != Some("oneshot") {
                 expect("Restart", &["on-failure"]);
             }
@@ -374,6 +377,111 @@ fn the_render_unit_is_a_oneshot_before_every_role_service_after_the_network() {
     assert!(single(&watch, "Service", "ExecStart")
         .unwrap()
         .contains(" watch "));
+}
+
+/// The agent's oneshot that mounts the role's data volume.
+const MOUNT_UNIT: &str = "stack-agent-mount.service";
+
+/// Settings that give a unit a mount namespace of its own (a mount made inside would never
+/// reach the services) or fence off devices (it formats /dev/nvme*), or its network (IMDS).
+const NAMESPACING: &[&str] = &[
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateDevices",
+    "PrivateMounts",
+    "PrivateNetwork",
+    "MountFlags",
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "InaccessiblePaths",
+    "ExecPaths",
+    "NoExecPaths",
+    "TemporaryFileSystem",
+    "BindPaths",
+    "BindReadOnlyPaths",
+    "RootDirectory",
+    "RootImage",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectProc",
+    "ProcSubset",
+    "DevicePolicy",
+    "DeviceAllow",
+    "StateDirectory",
+    "LogsDirectory",
+];
+
+#[test]
+fn the_mount_unit_mounts_in_the_hosts_namespace_before_the_agent_and_the_stateful_services() {
+    let mount = image_unit("app", MOUNT_UNIT);
+    assert_eq!(single(&mount, "Service", "Type"), Some("oneshot"));
+    assert_eq!(single(&mount, "Service", "RemainAfterExit"), Some("yes"));
+    let exec = single(&mount, "Service", "ExecStart").unwrap();
+    assert!(
+        exec.contains(" mount ") && exec.contains("--tags-from imds"),
+        "{exec}"
+    );
+    for key in NAMESPACING {
+        assert!(
+            !mount["Service"].contains_key(*key),
+            "{MOUNT_UNIT}: {key}= would hide its mount from the services or the devices from it"
+        );
+    }
+    assert!(values(&mount, "Unit", "After").contains(&"network-online.target"));
+    // Installed and enabled on every image: a role without [data] passes at once.
+    assert_eq!(
+        single(&mount, "Install", "WantedBy"),
+        Some("multi-user.target")
+    );
+
+    // The agent writes onto the volume (Grafana's secret key): after it, and only with it.
+    for role in roles() {
+        for name in ["stack-agent-render.service", "stack-agent-watch.service"] {
+            let unit = image_unit(&role.name, name);
+            for key in ["Requires", "After"] {
+                assert!(
+                    values(&unit, "Unit", key).contains(&MOUNT_UNIT),
+                    "{}: {name}: {key}= must name {MOUNT_UNIT}",
+                    role.name
+                );
+            }
+        }
+    }
+
+    // Every unit keeping data on the volume waits for it and needs it.
+    let mut stateful = 0;
+    for role in roles() {
+        let spec = stack_agent::RoleSpec::load(&images_dir(), &role.name)
+            .unwrap_or_else(|e| panic!("role `{}`: {e}", role.name));
+        let Some(data) = spec.data else { continue };
+        stateful += 1;
+        for service in &data.services {
+            let unit = image_unit(&role.name, service);
+            for key in ["Requires", "After"] {
+                assert!(
+                    values(&unit, "Unit", key).contains(&MOUNT_UNIT),
+                    "{}: {service}: {key}= must name {MOUNT_UNIT}",
+                    role.name
+                );
+            }
+            let mounts = values(&unit, "Unit", "RequiresMountsFor");
+            assert!(
+                mounts.iter().any(|path| data.holds(path)),
+                "{}: {service}: RequiresMountsFor= must name its data path under {} \
+                 (has {mounts:?})",
+                role.name,
+                data.mount_point
+            );
+        }
+    }
+    assert!(
+        stateful >= 3,
+        "prometheus, loki and grafana keep data: {stateful}"
+    );
 }
 
 /// Every path the agent writes for `role` (rendered files, secrets, generated secrets).

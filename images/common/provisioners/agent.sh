@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The boot agent: its binary, this role's spec and templates, and its two units.
-# At boot stack-agent-render.service renders the configs before the role's services start;
+# The boot agent: its binary, this role's spec and templates, and its three units.
+# At boot stack-agent-mount.service mounts the role's data volume (roles with a [data]
+# section), then stack-agent-render.service renders the configs before the role's services start;
 # stack-agent-watch.service re-renders when a peer's address changes.
 set -euo pipefail
 # shellcheck source=images/common/provisioners/lib.sh
@@ -21,4 +22,4 @@ fi
 printf 'OBSTACK_ROLE=%s\n' "$OBSTACK_ROLE" >/etc/default/stack-agent
 chmod 0644 /etc/default/stack-agent
 
-systemctl enable stack-agent-render.service stack-agent-watch.service
+systemctl enable stack-agent-mount.service stack-agent-render.service stack-agent-watch.service

@@ -5,12 +5,13 @@ set -euo pipefail
 # shellcheck source=images/common/provisioners/lib.sh
 . "${OBSTACK_STAGING:-/tmp/obstack}/common/provisioners/lib.sh"
 
+stop_apt_timers
 log "applying security updates"
-apt-get update -q
-apt-get -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold upgrade
+apt_get update -q
+apt_get -y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold upgrade
 # curl for the verified downloads; everything else comes as a pinned release binary.
-apt-get -y -q install --no-install-recommends ca-certificates curl
-apt-get -y -q autoremove --purge
+apt_get -y -q install --no-install-recommends ca-certificates curl
+apt_get -y -q autoremove --purge
 
 # Nothing on these images needs them, and each is one more listener or setuid path.
 for unit in multipathd.service multipathd.socket; do

@@ -9,7 +9,7 @@ require_env OBSTACK_STAGING
 
 log "removing bake leftovers"
 rm -rf "$OBSTACK_STAGING"
-apt-get -y -q clean
+apt_get -y -q clean
 rm -rf /var/lib/apt/lists/*
 
 # Identity: a fresh machine-id (systemd creates it on first boot when the file is empty),
@@ -28,11 +28,14 @@ for home in "${homes[@]}"; do
 done
 rm -f /etc/ssh/authorized_keys /etc/ssh/authorized_keys.d/*
 
-# Logs of the bake itself.
+# Logs of the bake itself. The journal is journald's to trim (rotate, then drop the archived
+# files); its live files are never truncated under it, which would leave journald writing
+# into a corrupted file that every instance then starts with.
 journalctl --rotate >/dev/null 2>&1 || true
 journalctl --vacuum-time=1s >/dev/null 2>&1 || true
-find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
-find /var/log -type f -exec truncate -s 0 {} +
+find /var/log -type f -not -path '/var/log/journal/*' \
+  \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
+find /var/log -type f -not -path '/var/log/journal/*' -exec truncate -s 0 {} +
 
 # The proof: fail the bake, and so publish no AMI, if anything above survived.
 leftovers=()

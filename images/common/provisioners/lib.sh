@@ -10,6 +10,19 @@ die() {
   exit 1
 }
 
+# apt_get ARGS...: apt-get that waits up to 10 minutes for the dpkg lock instead of failing at
+# once: on a fresh Ubuntu instance apt-daily and unattended-upgrades often hold it. Every
+# provisioner calls apt-get only through this (images/checks/tests/bake_readiness.rs).
+apt_get() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }
+
+# stop_apt_timers: no new apt-daily or unattended-upgrades run during the bake (the ones
+# running finish first: systemctl stop waits). They stay enabled in the image. Units a base
+# image lacks (or a chroot, where systemctl ignores stop) are not an error.
+stop_apt_timers() {
+  systemctl stop apt-daily.timer apt-daily-upgrade.timer apt-daily.service \
+    apt-daily-upgrade.service unattended-upgrades.service >/dev/null 2>&1 || true
+}
+
 # require_env NAME...: every NAME must be set and non-empty.
 require_env() {
   local name
@@ -34,8 +47,10 @@ fetch_verified() {
     --retry 3 --retry-delay 2 --connect-timeout 20 --max-time 900 \
     --output "$dest" "$url"
   if ! printf '%s  %s\n' "$expected" "$dest" | sha256sum --check --strict --quiet -; then
+    local actual
+    actual=$(sha256sum "$dest" | cut -d' ' -f1)
     rm -f "$dest"
-    die "SHA-256 mismatch for $url (expected $expected, got $(sha256sum "$dest" 2>/dev/null | cut -d' ' -f1)); refusing it"
+    die "SHA-256 mismatch for $url (expected $expected, got $actual); refusing it"
   fi
   log "verified $(basename "$dest") against $expected"
 }

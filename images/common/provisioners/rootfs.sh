@@ -15,4 +15,10 @@ for tree in "$OBSTACK_STAGING/common/rootfs" "$OBSTACK_STAGING/role/rootfs"; do
   done
 done
 systemctl daemon-reload
-sysctl --system >/dev/null
+# On the builder the new settings apply at once. In a chroot (the provisioning rehearsal,
+# images/README.md) the kernel is the host's: leave it alone; the image applies them at boot.
+if systemd-detect-virt --quiet --chroot; then
+  log "in a chroot: sysctl settings apply when the image boots"
+else
+  sysctl --system >/dev/null
+fi

@@ -11,6 +11,7 @@ expect_version node_exporter /usr/local/bin/node_exporter --version
 expect_version grafana /opt/grafana/bin/grafana --version
 /usr/local/bin/stack-agent --help >/dev/null || die "stack-agent does not run"
 
-verify_units stack-agent-render.service stack-agent-watch.service node_exporter.service \
+verify_units stack-agent-mount.service stack-agent-render.service stack-agent-watch.service \
+  node_exporter.service \
   grafana-server.service
 log "self-check passed"

@@ -10,7 +10,8 @@ expect_version node_exporter /usr/local/bin/node_exporter --version
 expect_version loki /usr/local/bin/loki -version
 /usr/local/bin/stack-agent --help >/dev/null || die "stack-agent does not run"
 
-verify_units stack-agent-render.service stack-agent-watch.service node_exporter.service \
+verify_units stack-agent-mount.service stack-agent-render.service stack-agent-watch.service \
+  node_exporter.service \
   loki.service
 
 work=$(mktemp -d)

@@ -4,7 +4,7 @@
 //! This module depends only on external crates (no `crate::` paths): the integration test
 //! `xtask/tests/health.rs` compiles it directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,27 @@ pub struct StackEndpoints {
 /// scrape targets, Prometheus and Loki through Grafana's datasources (which needs the admin
 /// password). Without the password only the exposed endpoints are checked.
 pub fn stack_checks(stack: &StackEndpoints) -> Vec<Check> {
+    role_checks(stack)
+        .into_iter()
+        .map(|(_, check)| check)
+        .collect()
+}
+
+/// The checks among [`stack_checks`] that say something about one of `roles`: the health
+/// gate after a roll-out step changed those roles.
+pub fn checks_for_roles(stack: &StackEndpoints, roles: &BTreeSet<String>) -> Vec<Check> {
+    role_checks(stack)
+        .into_iter()
+        .filter(|(concerns, _)| concerns.iter().any(|r| roles.contains(*r)))
+        .map(|(_, check)| check)
+        .collect()
+}
+
+/// [`stack_checks`], each with the roles whose health it proves. Prometheus' targets
+/// include every role (node_exporter runs everywhere, and it scrapes the app, Loki and
+/// Grafana), so that check speaks for all of them.
+fn role_checks(stack: &StackEndpoints) -> Vec<(&'static [&'static str], Check)> {
+    const EVERY_ROLE: &[&str] = &["app", "prometheus", "loki", "grafana"];
     let url = |role: &str| {
         stack
             .urls
@@ -96,36 +117,51 @@ pub fn stack_checks(stack: &StackEndpoints) -> Vec<Check> {
             .map(|u| u.trim_end_matches('/').to_string())
     };
     let exposed = |role: &str| stack.exposed.get(role).copied().unwrap_or(false);
-    let mut checks = Vec::new();
+    let mut checks: Vec<(&'static [&'static str], Check)> = Vec::new();
     if let Some(app) = url("app").filter(|_| exposed("app")) {
-        checks.push(http("app /health", format!("{app}/health")));
+        checks.push((&["app"], http("app /health", format!("{app}/health"))));
     }
     if let Some(prometheus) = url("prometheus").filter(|_| exposed("prometheus")) {
-        checks.push(http("prometheus /-/ready", format!("{prometheus}/-/ready")));
-        checks.push(Check::PrometheusTargets {
-            name: "prometheus targets up".into(),
-            api: PrometheusApi::Direct(prometheus),
-        });
-    } else if let (Some(grafana), Some(auth)) = (url("grafana"), &stack.grafana_auth) {
-        checks.push(Check::PrometheusTargets {
-            name: "prometheus targets up (via grafana)".into(),
-            api: PrometheusApi::ViaGrafana {
-                grafana,
-                auth: auth.clone(),
+        checks.push((
+            &["prometheus"],
+            http("prometheus /-/ready", format!("{prometheus}/-/ready")),
+        ));
+        checks.push((
+            EVERY_ROLE,
+            Check::PrometheusTargets {
+                name: "prometheus targets up".into(),
+                api: PrometheusApi::Direct(prometheus),
             },
-        });
+        ));
+    } else if let (Some(grafana), Some(auth)) = (url("grafana"), &stack.grafana_auth) {
+        checks.push((
+            EVERY_ROLE,
+            Check::PrometheusTargets {
+                name: "prometheus targets up (via grafana)".into(),
+                api: PrometheusApi::ViaGrafana {
+                    grafana,
+                    auth: auth.clone(),
+                },
+            },
+        ));
     }
     if let Some(loki) = url("loki").filter(|_| exposed("loki")) {
-        checks.push(http("loki /ready", format!("{loki}/ready")));
+        checks.push((&["loki"], http("loki /ready", format!("{loki}/ready"))));
     }
     if let Some(grafana) = url("grafana") {
-        checks.push(http("grafana /api/health", format!("{grafana}/api/health")));
+        checks.push((
+            &["grafana"],
+            http("grafana /api/health", format!("{grafana}/api/health")),
+        ));
         if let Some(auth) = &stack.grafana_auth {
-            checks.push(Check::GrafanaDatasources {
-                name: "grafana datasources".into(),
-                grafana,
-                auth: auth.clone(),
-            });
+            checks.push((
+                &["grafana", "prometheus", "loki"],
+                Check::GrafanaDatasources {
+                    name: "grafana datasources".into(),
+                    grafana,
+                    auth: auth.clone(),
+                },
+            ));
         }
     }
     checks
@@ -242,7 +278,7 @@ impl Checker {
 }
 
 /// A short reason without reqwest's nested error chain noise.
-fn describe_request_error(url: &str, error: &reqwest::Error) -> String {
+pub fn describe_request_error(url: &str, error: &reqwest::Error) -> String {
     let reason = if error.is_timeout() {
         "timed out".to_string()
     } else if error.is_connect() {
@@ -273,7 +309,7 @@ fn find_datasource(list: &Value, kind: &str) -> Result<Datasource, String> {
 }
 
 /// Grafana answers `{"status": "OK", "message": ...}` for a working datasource.
-fn datasource_verdict(kind: &str, name: &str, body: &Value) -> Result<(), String> {
+pub fn datasource_verdict(kind: &str, name: &str, body: &Value) -> Result<(), String> {
     match body["status"].as_str() {
         Some("OK") => Ok(()),
         status => Err(format!(
@@ -455,6 +491,28 @@ mod tests {
     fn without_the_password_only_grafana_health_remains() {
         let checks = stack_checks(&endpoints(&[], false));
         assert_eq!(names(&checks), ["grafana /api/health"]);
+    }
+
+    #[test]
+    fn a_roles_gate_keeps_the_checks_that_concern_it() {
+        let stack = endpoints(&["app", "prometheus", "loki"], true);
+        let only = |roles: &[&str]| {
+            let roles = roles.iter().map(|r| r.to_string()).collect();
+            checks_for_roles(&stack, &roles)
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(only(&["app"]), ["app /health", "prometheus targets up"]);
+        assert_eq!(
+            only(&["loki"]),
+            [
+                "prometheus targets up",
+                "loki /ready",
+                "grafana datasources"
+            ]
+        );
+        assert_eq!(only(&["app", "prometheus", "loki", "grafana"]).len(), 6);
     }
 
     #[test]

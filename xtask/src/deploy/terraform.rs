@@ -65,12 +65,15 @@ impl Terraform {
             .collect()
     }
 
-    /// `terraform init -input=false` (idempotent: safe on every deploy).
-    pub fn init(&self) -> anyhow::Result<()> {
-        self.run_checked(
-            self.command(args(&["init", "-input=false"])),
-            "terraform init",
-        )?;
+    /// `terraform init -input=false` (idempotent: safe on every deploy), with the rest of
+    /// the S3 backend's settings from `backend_config` when given (a partial configuration;
+    /// Terraform keeps them in `.terraform/` for the next runs).
+    pub fn init(&self, backend_config: Option<&Path>) -> anyhow::Result<()> {
+        let mut argv = args(&["init", "-input=false"]);
+        if let Some(file) = backend_config {
+            argv.push(format!("-backend-config={}", absolute(file).display()).into());
+        }
+        self.run_checked(self.command(argv), "terraform init")?;
         Ok(())
     }
 
@@ -181,6 +184,14 @@ pub fn explain_failure(stderr: &str) -> String {
                 AWS_PROFILE"
             .into();
     }
+    if lower.contains("backend configuration changed")
+        || lower.contains("backend initialization required")
+    {
+        return "the state backend differs from the one terraform/ was initialised with: \
+                move the state once with `terraform -chdir=terraform init -migrate-state \
+                -backend-config=FILE`, then deploy again"
+            .into();
+    }
     if lower.contains("no value for required variable") && lower.contains("allowed_web_cidrs") {
         return "allowed_web_cidrs is not set: pass --var-file with allowed_web_cidrs = \
                 [\"<your address>/32\"]"
@@ -209,6 +220,8 @@ pub struct Outputs {
     pub urls: BTreeMap<String, String>,
     pub exposed: BTreeMap<String, bool>,
     pub instance_ids: BTreeMap<String, String>,
+    /// role → the AMI its instance runs (empty in a state written before this output).
+    pub ami_ids: BTreeMap<String, String>,
     pub grafana_admin_password_parameter: Option<String>,
     pub grafana_admin_password_command: Option<String>,
 }
@@ -223,6 +236,7 @@ struct RawOutputs {
     urls: Option<Output<BTreeMap<String, String>>>,
     exposed: Option<Output<BTreeMap<String, bool>>>,
     instance_ids: Option<Output<BTreeMap<String, String>>>,
+    ami_ids: Option<Output<BTreeMap<String, String>>>,
     grafana_admin_password_parameter: Option<Output<String>>,
     grafana_admin_password_command: Option<Output<String>>,
 }
@@ -235,6 +249,7 @@ impl Outputs {
             urls: raw.urls.map(|o| o.value).unwrap_or_default(),
             exposed: raw.exposed.map(|o| o.value).unwrap_or_default(),
             instance_ids: raw.instance_ids.map(|o| o.value).unwrap_or_default(),
+            ami_ids: raw.ami_ids.map(|o| o.value).unwrap_or_default(),
             grafana_admin_password_parameter: raw.grafana_admin_password_parameter.map(|o| o.value),
             grafana_admin_password_command: raw.grafana_admin_password_command.map(|o| o.value),
         })
@@ -280,12 +295,14 @@ mod tests {
           "urls": {"sensitive": false, "type": ["map","string"], "value": {"grafana": "http://192.0.2.1:3000"}},
           "exposed": {"sensitive": false, "type": ["map","bool"], "value": {"grafana": true, "loki": false}},
           "instance_ids": {"sensitive": false, "type": ["map","string"], "value": {"grafana": "i-0abc"}},
+          "ami_ids": {"sensitive": false, "type": ["map","string"], "value": {"grafana": "ami-0123456789abcdef0"}},
           "grafana_admin_password_parameter": {"sensitive": false, "type": "string", "value": "/obstack/x/grafana/admin-password"}
         }"#;
         let outputs = Outputs::parse(json).unwrap();
         assert_eq!(outputs.urls["grafana"], "http://192.0.2.1:3000");
         assert!(!outputs.exposed["loki"]);
         assert_eq!(outputs.instance_ids["grafana"], "i-0abc");
+        assert_eq!(outputs.ami_ids["grafana"], "ami-0123456789abcdef0");
         assert!(!outputs.is_empty());
         assert!(Outputs::parse("{}").unwrap().is_empty());
     }

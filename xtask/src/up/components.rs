@@ -193,6 +193,7 @@ mod tests {
         assert_eq!(port("grafana"), 3000);
         assert_eq!(port("promtail"), 9080);
         assert_eq!(port("node_exporter"), 9100);
+        assert_eq!(port("alertmanager"), 9093);
         let mut ports: Vec<u16> = components.iter().map(Component::port).collect();
         ports.sort_unstable();
         ports.dedup();
@@ -205,6 +206,7 @@ mod tests {
                 "app",
                 "promtail",
                 "prometheus",
+                "alertmanager",
                 "grafana",
                 "node_exporter"
             ],

@@ -20,6 +20,10 @@ use crate::roles::Registry;
 /// The instance id templates see locally.
 const INSTANCE_ID: &str = "local";
 
+/// The `[[secret_values]]` entry (images/prometheus/role.toml) holding Alertmanager's
+/// webhook URL.
+const WEBHOOK_URL: &str = "alert_webhook_url";
+
 /// The tags a local stack running the services `running` would carry on EC2: the peers that
 /// run on loopback at their AMI ports, and the services that do not in `obstack:absent`.
 pub fn local_tags(registry: &Registry, role: &str, running: &BTreeSet<&str>) -> Tags {
@@ -50,10 +54,14 @@ pub fn local_tags(registry: &Registry, role: &str, running: &BTreeSet<&str>) -> 
 
 /// Copies static files and renders, under the layout's root, the configs of every role that
 /// runs one of `running` (service names); a file no running service reads is left out.
+///
+/// `webhook` is the URL Alertmanager's webhook posts to (on EC2, an SSM SecureString's
+/// value); without one the rendered config has no webhook.
 pub fn render_roles(
     layout: &Layout,
     registry: &Registry,
     running: &BTreeSet<&str>,
+    webhook: Option<&str>,
 ) -> anyhow::Result<()> {
     let images_dir = registry.images_dir();
     let root = layout.root();
@@ -90,8 +98,10 @@ pub fn render_roles(
                     units.contains(unit.as_str()) || common_units.contains(&unit.as_str())
                 })
         });
-        let files = stack_agent::render_spec(&spec, &tags, root_text, INSTANCE_ID)
-            .with_context(|| format!("cannot render the {role_name} role's configs"))?;
+        let values = local_secret_values(&spec, webhook);
+        let files =
+            stack_agent::render_spec_with_secrets(&spec, &tags, &values, root_text, INSTANCE_ID)
+                .with_context(|| format!("cannot render the {role_name} role's configs"))?;
         // Locally nothing is chowned: the files belong to whoever runs `up`.
         stack_agent::write_files(&files, Ownership::Ignore)
             .with_context(|| format!("cannot write the {role_name} role's configs"))?;
@@ -100,6 +110,15 @@ pub fn render_roles(
             .with_context(|| format!("cannot generate the {role_name} role's secrets"))?;
     }
     Ok(())
+}
+
+/// The `[[secret_values]]` a local stack has: the webhook URL, when the role reads one.
+fn local_secret_values(spec: &RoleSpec, webhook: Option<&str>) -> BTreeMap<String, String> {
+    spec.secret_values
+        .iter()
+        .filter(|value| value.name == WEBHOOK_URL)
+        .filter_map(|value| webhook.map(|url| (value.name.clone(), url.to_string())))
+        .collect()
 }
 
 /// On EC2 the agent fetches `[[secrets]]` from SSM; locally each is a random value created
@@ -215,7 +234,9 @@ mod tests {
     fn scrape_targets(config: &str) -> Vec<(String, String)> {
         let mut job = String::new();
         let mut targets = Vec::new();
-        for line in config.lines().map(str::trim) {
+        // `alerting:` (before `scrape_configs:`) lists targets too, Alertmanager's.
+        let scrape = config.find("\nscrape_configs:").unwrap_or(0);
+        for line in config[scrape..].lines().map(str::trim) {
             if let Some(name) = line.strip_prefix("- job_name:") {
                 job = name.trim().to_string();
             } else if let Some(list) = line.strip_prefix("- targets:") {
@@ -258,7 +279,7 @@ mod tests {
             .collect();
         assert_eq!(peers, ["app", "prometheus"]);
         assert_eq!(
-            tags["obstack:absent"], "loki,promtail,grafana,node_exporter",
+            tags["obstack:absent"], "loki,promtail,alertmanager,grafana,node_exporter",
             "start order"
         );
         assert!(tags::parse_absent(&tags["obstack:absent"]).is_ok());
@@ -270,7 +291,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::at(dir.path().to_path_buf());
         let running = BTreeSet::from(["app", "prometheus", "node_exporter"]);
-        render_roles(&layout, &registry, &running).unwrap();
+        render_roles(&layout, &registry, &running, None).unwrap();
         let root = layout.root();
         let config = std::fs::read_to_string(root.join("etc/prometheus/prometheus.yml")).unwrap();
         assert_eq!(
@@ -294,13 +315,13 @@ mod tests {
         }
         let tags = std::fs::read_to_string(layout.tags_file()).unwrap();
         assert!(
-            tags.contains(r#""obstack:absent": "loki,promtail,grafana""#),
+            tags.contains(r#""obstack:absent": "loki,promtail,alertmanager,grafana""#),
             "{tags}"
         );
 
         // Without node_exporter there is no node job at all (and so nothing to miss).
         let running = BTreeSet::from(["app", "prometheus"]);
-        render_roles(&layout, &registry, &running).unwrap();
+        render_roles(&layout, &registry, &running, None).unwrap();
         let config = std::fs::read_to_string(root.join("etc/prometheus/prometheus.yml")).unwrap();
         assert_eq!(
             scrape_targets(&config),
@@ -318,7 +339,7 @@ mod tests {
         let layout = Layout::at(dir.path().to_path_buf());
         let registry = registry();
         let all = all_services(&registry);
-        render_roles(&layout, &registry, &all).unwrap();
+        render_roles(&layout, &registry, &all, None).unwrap();
         let root = layout.root();
         let prometheus =
             std::fs::read_to_string(root.join("etc/prometheus/prometheus.yml")).unwrap();
@@ -332,6 +353,7 @@ mod tests {
             pairs(&[
                 ("demo-app", "127.0.0.1:5000"),
                 ("prometheus", "127.0.0.1:9090"),
+                ("alertmanager", "127.0.0.1:9093"),
                 ("node", "127.0.0.1:9100"),
                 ("promtail", "127.0.0.1:9080"),
                 ("loki", "127.0.0.1:3100"),
@@ -365,8 +387,32 @@ mod tests {
         );
 
         // A second render keeps the password (Grafana stored it on first start).
-        render_roles(&layout, &registry, &all).unwrap();
+        render_roles(&layout, &registry, &all, None).unwrap();
         assert_eq!(std::fs::read_to_string(&password_file).unwrap(), password);
+    }
+
+    #[test]
+    fn alertmanager_posts_to_the_local_receiver_when_there_is_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::at(dir.path().to_path_buf());
+        let registry = registry();
+        let running = BTreeSet::from(["app", "prometheus", "alertmanager"]);
+        let url = "http://127.0.0.1:40404/alerts";
+        render_roles(&layout, &registry, &running, Some(url)).unwrap();
+        let config = layout.in_root("/etc/alertmanager/alertmanager.yml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(text.contains(&format!("url: \"{url}\"")), "{text}");
+        let prometheus =
+            std::fs::read_to_string(layout.in_root("/etc/prometheus/prometheus.yml")).unwrap();
+        assert!(
+            prometheus.contains("- targets: [\"127.0.0.1:9093\"]"),
+            "{prometheus}"
+        );
+
+        // Without a receiver (a detached stack) the config has no webhook at all.
+        render_roles(&layout, &registry, &running, None).unwrap();
+        let text = std::fs::read_to_string(&config).unwrap();
+        assert!(!text.contains("webhook_configs"), "{text}");
     }
 
     #[test]

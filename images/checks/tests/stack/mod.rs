@@ -151,7 +151,7 @@ pub fn rules_test_file() -> PathBuf {
 
 /// The dashboards directory, as in the image.
 pub fn dashboards_dir() -> PathBuf {
-    images_dir().join("grafana/rootfs/var/lib/grafana/dashboards")
+    images_dir().join("grafana/rootfs/etc/grafana/dashboards")
 }
 
 /// Runs a tool and returns (success, stdout + stderr).

@@ -1,0 +1,189 @@
+# Where alerts reach a person. Alertmanager runs on the Prometheus instance and pages through
+# this SNS topic (its ARN is a tag; Alertmanager signs each Publish with the instance role);
+# an optional Slack-style webhook's URL is an SSM SecureString the operator creates, named
+# by a tag, so the URL is in no tag, no log, no image and not in Terraform's state.
+
+locals {
+  alert_webhook_parameter_arn = var.alert_webhook_url_parameter == null ? null : "arn:${data.aws_partition.current.partition}:ssm:${var.region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(var.alert_webhook_url_parameter, "/")}"
+}
+
+# The topic's own key: only the account administers it, and only the Prometheus role may
+# use it, through SNS (its identity policy below), to publish encrypted messages.
+resource "aws_kms_key" "alerts" {
+  description             = "obstack ${var.name}: alert topic"
+  enable_key_rotation     = true
+  deletion_window_in_days = 7
+
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AccountAdministersKey"
+        Effect    = "Allow"
+        Principal = { AWS = "arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root" }
+        Action    = "kms:*"
+        Resource  = "*"
+      },
+    ]
+  })
+}
+
+resource "aws_kms_alias" "alerts" {
+  name          = "alias/${var.name}-alerts"
+  target_key_id = aws_kms_key.alerts.key_id
+}
+
+resource "aws_sns_topic" "alerts" {
+  name              = "${var.name}-alerts"
+  display_name      = "obstack ${var.name} alerts"
+  kms_master_key_id = aws_kms_key.alerts.arn
+}
+
+# Publish only from the Prometheus role and only over TLS; the account keeps managing the
+# topic (subscriptions, attributes) but cannot publish as anyone else.
+resource "aws_sns_topic_policy" "alerts" {
+  arn = aws_sns_topic.alerts.arn
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "PrometheusPublishes"
+        Effect    = "Allow"
+        Principal = { AWS = aws_iam_role.instance["prometheus"].arn }
+        Action    = "sns:Publish"
+        Resource  = aws_sns_topic.alerts.arn
+      },
+      {
+        Sid       = "AccountManagesTopic"
+        Effect    = "Allow"
+        Principal = { AWS = "arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root" }
+        Action = [
+          "sns:GetTopicAttributes",
+          "sns:SetTopicAttributes",
+          "sns:ListSubscriptionsByTopic",
+          "sns:Subscribe",
+          "sns:DeleteTopic",
+        ]
+        Resource = aws_sns_topic.alerts.arn
+      },
+      {
+        Sid       = "NobodyElsePublishes"
+        Effect    = "Deny"
+        Principal = { AWS = "*" }
+        Action    = "sns:Publish"
+        Resource  = aws_sns_topic.alerts.arn
+        Condition = {
+          ArnNotEquals = { "aws:PrincipalArn" = aws_iam_role.instance["prometheus"].arn }
+        }
+      },
+      {
+        Sid       = "TlsOnly"
+        Effect    = "Deny"
+        Principal = { AWS = "*" }
+        Action    = "sns:*"
+        Resource  = aws_sns_topic.alerts.arn
+        Condition = {
+          Bool = { "aws:SecureTransport" = "false" }
+        }
+      },
+    ]
+  })
+}
+
+resource "aws_sns_topic_subscription" "alert_email" {
+  count = var.alert_email == null ? 0 : 1
+
+  topic_arn = aws_sns_topic.alerts.arn
+  protocol  = "email"
+  endpoint  = var.alert_email
+}
+
+# The Prometheus role, and only it, publishes to the topic; it may use the topic's key only
+# through SNS in this region.
+resource "aws_iam_role_policy" "prometheus_publishes_alerts" {
+  name = "publish-alerts"
+  role = aws_iam_role.instance["prometheus"].id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Effect   = "Allow"
+        Action   = ["sns:Publish"]
+        Resource = aws_sns_topic.alerts.arn
+      },
+      {
+        Effect   = "Allow"
+        Action   = ["kms:GenerateDataKey", "kms:Decrypt"]
+        Resource = aws_kms_key.alerts.arn
+        Condition = {
+          StringEquals = {
+            "kms:ViaService" = "sns.${var.region}.${data.aws_partition.current.dns_suffix}"
+          }
+        }
+      },
+    ]
+  })
+}
+
+# The webhook URL's parameter, when there is one: Prometheus reads exactly it, and decrypts
+# it with the stack's key only through SSM, in that parameter's encryption context (a
+# parameter under aws/ssm needs no key grant).
+resource "aws_iam_role_policy" "prometheus_reads_alert_webhook" {
+  count = var.alert_webhook_url_parameter == null ? 0 : 1
+
+  name = "read-alert-webhook-url"
+  role = aws_iam_role.instance["prometheus"].id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Effect   = "Allow"
+        Action   = ["ssm:GetParameter"]
+        Resource = local.alert_webhook_parameter_arn
+      },
+      {
+        Effect   = "Allow"
+        Action   = ["kms:Decrypt"]
+        Resource = aws_kms_key.stack.arn
+        Condition = {
+          StringEquals = {
+            "kms:ViaService"                      = "ssm.${var.region}.${data.aws_partition.current.dns_suffix}"
+            "kms:EncryptionContext:PARAMETER_ARN" = local.alert_webhook_parameter_arn
+          }
+        }
+      },
+    ]
+  })
+}
+
+# The agent renders Alertmanager's SNS receiver as soon as this tag appears: it waits for
+# the permission to publish.
+resource "aws_ec2_tag" "alert_sns_topic_arn" {
+  resource_id = aws_instance.role["prometheus"].id
+  key         = "obstack:alert-sns-topic-arn"
+  value       = aws_sns_topic.alerts.arn
+
+  depends_on = [aws_iam_role_policy.prometheus_publishes_alerts, aws_sns_topic_policy.alerts]
+}
+
+resource "aws_ec2_tag" "alert_webhook_url_param" {
+  count = var.alert_webhook_url_parameter == null ? 0 : 1
+
+  resource_id = aws_instance.role["prometheus"].id
+  key         = "obstack:alert-webhook-url-param"
+  value       = var.alert_webhook_url_parameter
+
+  depends_on = [aws_iam_role_policy.prometheus_reads_alert_webhook]
+}
+
+# Operators reach Alertmanager's UI only when asked for (Grafana's flow is in security.tf).
+resource "aws_vpc_security_group_ingress_rule" "alertmanager_web" {
+  for_each = var.expose_alertmanager ? toset(var.allowed_web_cidrs) : toset([])
+
+  security_group_id = aws_security_group.prometheus.id
+  cidr_ipv4         = each.value
+  ip_protocol       = "tcp"
+  from_port         = 9093
+  to_port           = 9093
+  description       = "Operators reach Alertmanager from an allowed_web_cidrs entry"
+}

@@ -1,0 +1,88 @@
+//! File-backed loop devices: real block devices standing in for an EBS data volume, for the
+//! agent's mount-step tests and `cargo xtask bench mount`. Creating one needs root and
+//! loop device support (`/dev/loop-control`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::cmd::Cmd;
+
+/// A loop device over a sparse file; detached (and anything mounted from it unmounted)
+/// when dropped.
+pub struct LoopDevice {
+    device: PathBuf,
+    backing: PathBuf,
+}
+
+impl LoopDevice {
+    /// Makes `backing` a sparse file of `size` bytes and attaches it to a free loop device.
+    pub fn create(backing: &Path, size: u64) -> anyhow::Result<LoopDevice> {
+        let file = std::fs::File::create(backing)
+            .with_context(|| format!("cannot create {}", backing.display()))?;
+        file.set_len(size)
+            .with_context(|| format!("cannot size {} to {size} bytes", backing.display()))?;
+        let device = Cmd::new(
+            "losetup",
+            ["--find".as_ref(), "--show".as_ref(), backing.as_os_str()],
+        )
+        .read_quietly()
+        .with_context(|| {
+            format!(
+                "cannot create a loop device over {}: the data-volume tests and benchmark \
+                     format and mount a real block device, so they need root and loop devices \
+                     (/dev/loop-control, `modprobe loop`); run them as root on a machine or a \
+                     --privileged container that has them",
+                backing.display()
+            )
+        })?;
+        Ok(LoopDevice {
+            device: PathBuf::from(device),
+            backing: backing.to_path_buf(),
+        })
+    }
+
+    /// `/dev/loopN`.
+    pub fn path(&self) -> &Path {
+        &self.device
+    }
+
+    /// The loop device's name in /dev and sysfs (`loopN`).
+    pub fn name(&self) -> String {
+        self.device
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn backing(&self) -> &Path {
+        &self.backing
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        // Whatever is still mounted from it (a failed test) goes first, or detaching fails.
+        if let Ok(targets) = Cmd::new(
+            "findmnt",
+            [
+                "--noheadings".as_ref(),
+                "--output".as_ref(),
+                "TARGET".as_ref(),
+                "--source".as_ref(),
+                self.device.as_os_str(),
+            ],
+        )
+        .read_quietly()
+        {
+            for target in targets.lines().rev() {
+                let _ = Cmd::new("umount", [target]).read_quietly();
+            }
+        }
+        if let Err(e) =
+            Cmd::new("losetup", ["--detach".as_ref(), self.device.as_os_str()]).read_quietly()
+        {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}

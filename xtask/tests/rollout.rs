@@ -1,0 +1,390 @@
+//! The role-by-role roll-out (issue 16) as a user meets it:
+//! - its health gate against real services on loopback (the demo app and Debian's
+//!   Prometheus scraping it): healthy steps pass, and when the app dies the roll-out stops
+//!   at that step, names the role and the failing check, and applies nothing after it;
+//! - `cargo xtask deploy --plan-only` with new AMIs for every role, against a recording
+//!   stand-in for `terraform` (no provider can be downloaded here): the sequence it prints
+//!   and the AMI map Terraform's plan of the first apply gets;
+//! - the S3 backend override with real Terraform against moto's S3: the state lands in the
+//!   bucket, and a held lock file stops a second writer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use xtask::deploy::health::{self, Checker, StackEndpoints, WaitOptions};
+use xtask::deploy::rollout::{self, Step};
+use xtask::roles::Registry;
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn addr(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn start_app(dir: &Path) -> (Running, u16) {
+    let port = testkit::free_port();
+    let child = Command::new(testkit::workspace_bin("demo-app", "demo-app"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--log-file")
+        .arg(dir.join("app.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start demo-app");
+    let running = Running(child);
+    testkit::wait_for_port(addr(port), Duration::from_secs(30));
+    (running, port)
+}
+
+fn start_prometheus(dir: &Path, app_port: u16) -> (Running, u16) {
+    let prometheus = testkit::require_tool("prometheus");
+    let port = testkit::free_port();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
+             scrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['127.0.0.1:{app_port}']\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(prometheus)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let running = Running(child);
+    testkit::wait_for_port(addr(port), Duration::from_secs(30));
+    (running, port)
+}
+
+fn amis(suffix: &str) -> BTreeMap<String, String> {
+    ["app", "grafana", "loki", "prometheus"]
+        .iter()
+        .map(|role| (role.to_string(), format!("ami-{role}{suffix}")))
+        .collect()
+}
+
+#[test]
+fn the_gate_passes_on_healthy_services_then_a_dead_app_stops_the_roll_out_at_its_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::load_default().unwrap();
+    let (app, app_port) = start_app(dir.path());
+    let (_prometheus, prometheus_port) = start_prometheus(dir.path(), app_port);
+    // What deploy reads from Terraform's outputs, here on loopback: the app and Prometheus
+    // exposed, Loki and Grafana not deployed in this test.
+    let endpoints = StackEndpoints {
+        urls: [("app", app_port), ("prometheus", prometheus_port)]
+            .iter()
+            .map(|(role, port)| (role.to_string(), format!("http://127.0.0.1:{port}")))
+            .collect(),
+        exposed: [("app".to_string(), true), ("prometheus".to_string(), true)].into(),
+        grafana_auth: None,
+    };
+    let checker = Checker::new(Duration::from_secs(2)).unwrap();
+
+    let steps = rollout::plan(&rollout::ORDER, &amis("1"), &amis("2"), false).unwrap();
+    let mut app = Some(app);
+    let mut applied = Vec::new();
+    let mut passed = Vec::new();
+    // Long while everything is up; short once the app is gone (the wait must time out).
+    let timeout = std::cell::Cell::new(Duration::from_secs(60));
+    let stopped = rollout::execute(
+        &steps,
+        |step: &Step| {
+            applied.push(step.label());
+            // Grafana's new AMI "breaks" the app it is scraped next to: the app dies.
+            if step.roles == ["grafana"] {
+                drop(app.take());
+                timeout.set(Duration::from_secs(4));
+                // A real apply takes minutes; here, wait (bounded) until Prometheus has
+                // scraped the dead app once, or its targets would still say up.
+                let targets = health::Check::PrometheusTargets {
+                    name: "targets".into(),
+                    api: health::PrometheusApi::Direct(format!(
+                        "http://127.0.0.1:{prometheus_port}"
+                    )),
+                };
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while checker.run(&targets).is_ok() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            Ok(())
+        },
+        |step: &Step| {
+            let gate = rollout::step_gate_roles(&registry, step);
+            let checks = health::checks_for_roles(&endpoints, &gate);
+            anyhow::ensure!(!checks.is_empty(), "no check for {gate:?}");
+            let options = WaitOptions {
+                timeout: timeout.get(),
+                interval: Duration::from_millis(300),
+                progress: false,
+            };
+            health::wait_until_healthy(&checker, &checks, &options)?;
+            passed.push(step.label());
+            Ok(())
+        },
+        |step: &Step| format!("rollback {}", rollout::rollback_amis(step)["grafana"]),
+    )
+    .expect_err("the dead app fails grafana's gate (Prometheus scrapes it)");
+
+    assert_eq!(
+        passed,
+        ["loki", "prometheus"],
+        "healthy steps pass their gate"
+    );
+    assert_eq!(
+        applied,
+        ["loki", "prometheus", "grafana"],
+        "app is never applied"
+    );
+    let line = stopped.to_string();
+    assert!(
+        line.starts_with("roll-out stopped at grafana (apply 3 of 4): health gate failed:"),
+        "{line}"
+    );
+    assert!(
+        line.contains("prometheus targets up: 1 of 1 targets not up: app"),
+        "the failing check and why: {line}"
+    );
+    assert!(line.contains("app stays on its old AMI"), "{line}");
+    assert!(
+        line.ends_with("roll grafana back with: rollback ami-grafana1"),
+        "{line}"
+    );
+}
+
+/// A stand-in for `terraform` that records its arguments (and the variable files it is
+/// given) and answers `init`, `output -json` (from a fixture) and `plan` (changes).
+const FAKE_TERRAFORM: &str = r#"#!/bin/sh
+echo "terraform $*" >> "$FAKE_TF_LOG"
+for arg in "$@"; do
+  case "$arg" in
+    -var-file=*) echo "--- ${arg#-var-file=}" >> "$FAKE_TF_LOG"; cat "${arg#-var-file=}" >> "$FAKE_TF_LOG" ;;
+  esac
+done
+case " $* " in
+  *" init "*) exit 0 ;;
+  *" output "*) cat "$FAKE_TF_OUTPUTS"; exit 0 ;;
+  *" plan "*) exit 2 ;;
+  *) echo "unexpected terraform call: $*" >&2; exit 1 ;;
+esac
+"#;
+
+#[test]
+fn plan_only_prints_one_apply_per_role_data_stores_first_and_applies_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = tempfile::tempdir().unwrap();
+    let bin = scratch.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let fake = bin.join("terraform");
+    std::fs::write(&fake, FAKE_TERRAFORM).unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let outputs = scratch.path().join("outputs.json");
+    let running = r#"{"app":"ami-0aaaaaaaaaaaaaaa1","grafana":"ami-0bbbbbbbbbbbbbbb1","loki":"ami-0111111111111111a","prometheus":"ami-0ccccccccccccccc1"}"#;
+    std::fs::write(
+        &outputs,
+        format!(
+            r#"{{"ami_ids": {{"sensitive": false, "type": ["map","string"], "value": {running}}},
+                "instance_ids": {{"sensitive": false, "type": ["map","string"], "value": {{"app": "i-1", "grafana": "i-2", "loki": "i-3", "prometheus": "i-4"}}}}}}"#
+        ),
+    )
+    .unwrap();
+    let log = scratch.path().join("terraform.log");
+    let vars = scratch.path().join("mine.tfvars");
+    std::fs::write(&vars, "allowed_web_cidrs = [\"198.51.100.7/32\"]\n").unwrap();
+    let new = [
+        ("app", "ami-0aaaaaaaaaaaaaaa2"),
+        ("grafana", "ami-0bbbbbbbbbbbbbbb2"),
+        ("loki", "ami-0111111111111111b"),
+        ("prometheus", "ami-0ccccccccccccccc2"),
+    ];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    command
+        .arg("deploy")
+        .arg("--plan-only")
+        .arg("--var-file")
+        .arg(&vars)
+        .env("CARGO_TARGET_DIR", scratch.path().join("target"))
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("FAKE_TF_LOG", &log)
+        .env("FAKE_TF_OUTPUTS", &outputs)
+        .env("AWS_REGION", "eu-west-1")
+        // AWS is never needed (every AMI is explicit): a closed port proves it.
+        .env(
+            "AWS_ENDPOINT_URL",
+            format!("http://127.0.0.1:{}", testkit::free_port()),
+        );
+    for (role, ami) in new {
+        command.arg("--ami").arg(format!("{role}={ami}"));
+    }
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    println!("{stderr}");
+
+    // The table: one row per apply, in order, with the AMI each role leaves and gets.
+    let rows: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains("/4"))
+        .collect();
+    assert_eq!(rows.len(), 4, "{stderr}");
+    for (row, (role, from, to)) in rows.iter().zip([
+        ("loki", "ami-0111111111111111a", "ami-0111111111111111b"),
+        (
+            "prometheus",
+            "ami-0ccccccccccccccc1",
+            "ami-0ccccccccccccccc2",
+        ),
+        ("grafana", "ami-0bbbbbbbbbbbbbbb1", "ami-0bbbbbbbbbbbbbbb2"),
+        ("app", "ami-0aaaaaaaaaaaaaaa1", "ami-0aaaaaaaaaaaaaaa2"),
+    ]) {
+        let words: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&words[1..4], [role, from, to], "{row}");
+    }
+    assert!(
+        stderr.contains("4 applies to roll out; nothing applied"),
+        "{stderr}"
+    );
+
+    // Terraform planned the first apply only, with only Loki's AMI changed, and applied nothing.
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert!(!calls.contains(" apply"), "{calls}");
+    for call in [" init ", " output ", " plan "] {
+        assert!(calls.contains(call), "terraform{call}was run: {calls}");
+    }
+    let plan_at = calls.find(" plan ").expect("a terraform plan");
+    let generated = calls[plan_at..]
+        .split("--- ")
+        .skip(1)
+        .find(|part| part.contains("obstack.auto.tfvars.json"))
+        .expect("the generated variables were passed to plan");
+    let json_start = generated.find('{').unwrap();
+    let vars: serde_json::Value = serde_json::from_str(&generated[json_start..]).unwrap();
+    assert_eq!(
+        vars["ami_ids"],
+        serde_json::json!({
+            "app": "ami-0aaaaaaaaaaaaaaa1",
+            "grafana": "ami-0bbbbbbbbbbbbbbb1",
+            "loki": "ami-0111111111111111b",
+            "prometheus": "ami-0ccccccccccccccc1"
+        })
+    );
+}
+
+#[test]
+fn the_s3_backend_override_keeps_the_state_in_the_bucket_under_a_lock() {
+    let terraform = testkit::require_tool("terraform");
+    let moto = testkit::Moto::start();
+    let http = reqwest::blocking::Client::new();
+    let bucket = format!("{}/obstack-state", moto.endpoint());
+    assert!(http.put(&bucket).send().unwrap().status().is_success());
+
+    let dir = tempfile::tempdir().unwrap();
+    // A configuration that needs no provider, with the override deploy writes.
+    std::fs::write(
+        dir.path().join("main.tf"),
+        "output \"x\" {\n  value = 1\n}\n",
+    )
+    .unwrap();
+    xtask::deploy::backend::enable(dir.path()).unwrap();
+    let config = dir.path().join("s3.tfbackend");
+    std::fs::write(
+        &config,
+        format!(
+            "bucket = \"obstack-state\"\nkey = \"obstack/terraform.tfstate\"\nregion = \"us-east-1\"\n\
+             use_lockfile = true\nendpoints = {{ s3 = \"{}\" }}\nuse_path_style = true\n\
+             skip_credentials_validation = true\nskip_requesting_account_id = true\n\
+             skip_metadata_api_check = true\n",
+            moto.endpoint()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let mut command = Command::new(&terraform);
+        command
+            .current_dir(dir.path())
+            .args(args)
+            .env("TF_IN_AUTOMATION", "1")
+            .env("CHECKPOINT_DISABLE", "1")
+            .env("TF_CLI_CONFIG_FILE", "/dev/null")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test");
+        command.output().unwrap()
+    };
+    let init = run(&[
+        "init",
+        "-input=false",
+        "-no-color",
+        &format!("-backend-config={}", config.display()),
+    ]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(String::from_utf8_lossy(&init.stdout).contains("backend \"s3\""));
+    let apply = run(&["apply", "-auto-approve", "-input=false", "-no-color"]);
+    assert!(
+        apply.status.success(),
+        "{}",
+        String::from_utf8_lossy(&apply.stderr)
+    );
+    // moto serves the listing to anyone (its objects need the owner's signature).
+    let listing = http.get(&bucket).send().unwrap().text().unwrap();
+    assert!(
+        listing.contains("<Key>obstack/terraform.tfstate</Key>"),
+        "the state is in the bucket: {listing}"
+    );
+    let pulled = run(&["state", "pull"]);
+    assert!(String::from_utf8_lossy(&pulled.stdout).contains("\"outputs\""));
+    assert!(
+        !dir.path().join("terraform.tfstate").exists(),
+        "no local state next to it"
+    );
+
+    // Another deploy holds the lock: this one must not write.
+    let lock = http
+        .put(format!("{bucket}/obstack/terraform.tfstate.tflock"))
+        .body(r#"{"ID":"held-by-a-test","Operation":"OperationTypeApply","Who":"test"}"#)
+        .send()
+        .unwrap();
+    assert!(lock.status().is_success());
+    let blocked = run(&[
+        "apply",
+        "-auto-approve",
+        "-input=false",
+        "-no-color",
+        "-lock-timeout=0s",
+    ]);
+    let stderr = String::from_utf8_lossy(&blocked.stderr);
+    assert!(!blocked.status.success(), "a held lock stops the apply");
+    assert!(
+        stderr.contains("Error acquiring the state lock"),
+        "{stderr}"
+    );
+}
