@@ -107,6 +107,11 @@ pub fn verify(target: &Target, options: &Options) -> Report {
         &target.prometheus,
         metrics_deadline,
     ));
+    rows.push(prometheus::alertmanager_seen(
+        &target.prometheus,
+        &target.expected.jobs,
+        metrics_deadline,
+    ));
 
     rows.push(grafana::health(&target.grafana));
     rows.extend(grafana::datasources(&target.grafana, &target.expected));

@@ -149,13 +149,14 @@ fn every_instance_is_imdsv2_only_encrypted_monitored_and_tagged() {
             attr(body, "user_data").is_none(),
             "{name}: nothing is installed at boot"
         );
-        let Some(Expression::Object(tags)) = attr(body, "tags") else {
-            panic!("aws_instance.{name} has no tags object");
+        let Some(tags) = attr(body, "tags") else {
+            panic!("aws_instance.{name} has no tags");
         };
-        let keys: Vec<String> = tags
-            .keys()
-            .map(|k| k.to_string().trim_matches('"').to_string())
-            .collect();
+        let keys = literal_object_keys(tags);
+        assert!(
+            !keys.is_empty(),
+            "aws_instance.{name}: tags hold no literal object"
+        );
         for wanted in ["Name", "obstack:role"] {
             assert!(
                 keys.iter().any(|k| k == wanted),
@@ -772,4 +773,23 @@ fn the_readmes_cite_only_test_files_that_exist() {
         .map(|(readme, path)| format!("{readme} cites {path}, which does not exist"))
         .collect();
     assert!(missing.is_empty(), "{}", missing.join("\n"));
+}
+
+/// The keys of every literal object in `expression`: the object itself, or the objects a
+/// `merge(...)` (or a conditional inside it) combines, as tags built from a fixed part and
+/// a per-role part are written.
+fn literal_object_keys(expression: &Expression) -> Vec<String> {
+    match expression {
+        Expression::Object(object) => object
+            .keys()
+            .map(|k| k.to_string().trim_matches('"').to_string())
+            .collect(),
+        Expression::FuncCall(call) => call.args.iter().flat_map(literal_object_keys).collect(),
+        Expression::Conditional(conditional) => [&conditional.true_expr, &conditional.false_expr]
+            .into_iter()
+            .flat_map(literal_object_keys)
+            .collect(),
+        Expression::Parenthesis(inner) => literal_object_keys(inner),
+        _ => Vec::new(),
+    }
 }

@@ -148,6 +148,15 @@ fn verify_passes_on_a_local_stack_and_fails_on_a_broken_rule_or_a_stopped_app() 
         targets.contains("demo-app") && targets.contains("prometheus"),
         "{targets}"
     );
+    // The local stack runs Debian's Alertmanager (scripts/test.sh installs it): Prometheus
+    // must list it as where its alerts go.
+    testkit::require_tool("prometheus-alertmanager");
+    let alerting = row(&report, "alertmanager ready, seen by prometheus");
+    assert_eq!(alerting["verdict"], "ok", "{report:#}");
+    assert!(
+        alerting["detail"].as_str().unwrap().contains(":9093"),
+        "{alerting}"
+    );
     // Every panel of the shipped dashboard is run against the real Prometheus.
     assert_eq!(
         row(&report, "panel \"Request rate by endpoint\"")["verdict"],
@@ -448,6 +457,11 @@ fn proxied(rest: &str, request: &Request, fault: Fault, counter_reads: &AtomicUs
                 "data": {"activeTargets": targets, "droppedTargets": []}}),
             )
         }
+        ("prometheus", "/api/v1/alertmanagers") => json_response(
+            200,
+            json!({"status": "success", "data": {"activeAlertmanagers":
+                [{"url": "http://10.0.1.7:9093/api/v2/alerts"}], "droppedAlertmanagers": []}}),
+        ),
         ("prometheus", "/api/v1/status/runtimeinfo") => json_response(
             200,
             json!({"status": "success", "data": {"reloadConfigSuccess": true,

@@ -16,6 +16,7 @@ use crate::verify::target::Reach;
 pub const TARGETS: &str = "scrape targets up";
 pub const COUNTER: &str = "request counter moved";
 pub const RULES: &str = "rules loaded and evaluating";
+pub const ALERTMANAGER: &str = "alertmanager ready, seen by prometheus";
 const COMPONENT: &str = "prometheus";
 
 /// The app's requests so far, summed over its series; `None` before the first scrape.
@@ -260,5 +261,74 @@ mod tests {
             rules_attempt(&ok_runtime, &json!({"groups": []})),
             Err(NotYet::Failed(_))
         ));
+    }
+}
+
+/// Alerts can leave Prometheus: it lists an active Alertmanager (`/api/v1/alertmanagers`),
+/// and the Alertmanager it scrapes answers (its `alertmanager` job is up, checked with the
+/// other targets). Not checked when the stack runs no Alertmanager.
+pub fn alertmanager_seen(
+    prometheus: &Reach,
+    expected_jobs: &Result<Vec<String>, String>,
+    deadline: Instant,
+) -> Row {
+    let prometheus = match prometheus {
+        Ok(api) => api,
+        Err(why) => return Row::not_checked(ALERTMANAGER, COMPONENT, why.clone()),
+    };
+    let jobs = match expected_jobs {
+        Ok(jobs) => jobs,
+        Err(why) => return Row::not_checked(ALERTMANAGER, "alertmanager", why.clone()),
+    };
+    if !jobs.iter().any(|job| job == "alertmanager") {
+        let why = "this stack runs no Alertmanager (no alertmanager job in prometheus.yml)";
+        return Row::not_checked(ALERTMANAGER, "alertmanager", why);
+    }
+    let result = poll::until(deadline, poll::INTERVAL, || {
+        let data = prometheus
+            .data("/api/v1/alertmanagers", &[])
+            .map_err(NotYet::Pending)?;
+        active_alertmanagers(&data).map_err(NotYet::Pending)
+    });
+    Row::from_result(ALERTMANAGER, "alertmanager", result)
+}
+
+/// The verdict on `/api/v1/alertmanagers`' data: the active Alertmanagers' URLs, or why none.
+pub fn active_alertmanagers(data: &Value) -> Result<String, String> {
+    let urls: Vec<&str> = data["activeAlertmanagers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|am| am["url"].as_str())
+        .collect();
+    if urls.is_empty() {
+        let dropped = data["droppedAlertmanagers"].as_array().map_or(0, Vec::len);
+        return Err(format!(
+            "prometheus has no active Alertmanager ({dropped} dropped): alerts go nowhere; check the alerting: block of prometheus.yml"
+        ));
+    }
+    Ok(format!("prometheus sends alerts to {}", urls.join(", ")))
+}
+
+#[cfg(test)]
+mod alertmanager_tests {
+    use super::*;
+
+    #[test]
+    fn an_active_alertmanager_passes_and_none_fails() {
+        let seen = serde_json::json!({
+            "activeAlertmanagers": [{"url": "http://10.0.1.5:9093/api/v2/alerts"}],
+            "droppedAlertmanagers": []
+        });
+        assert_eq!(
+            active_alertmanagers(&seen).unwrap(),
+            "prometheus sends alerts to http://10.0.1.5:9093/api/v2/alerts"
+        );
+        let none =
+            serde_json::json!({"activeAlertmanagers": [], "droppedAlertmanagers": [{"url": "x"}]});
+        assert!(active_alertmanagers(&none)
+            .unwrap_err()
+            .contains("1 dropped"));
+        assert!(active_alertmanagers(&serde_json::json!({})).is_err());
     }
 }
