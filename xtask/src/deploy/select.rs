@@ -45,7 +45,8 @@ pub fn parse_explicit(
     Ok(chosen)
 }
 
-fn is_ami_id(id: &str) -> bool {
+/// `ami-` and 8 or 17 hex digits, as EC2 names images (also checked in release records).
+pub fn is_ami_id(id: &str) -> bool {
     id.strip_prefix("ami-").is_some_and(|hex| {
         matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit())
     })

@@ -75,7 +75,7 @@ impl Release {
             )));
         }
         for (role, image) in &release.roles {
-            if !is_ami_id(&image.ami) {
+            if !crate::deploy::select::is_ami_id(&image.ami) {
                 return Err(invalid(format!(
                     "role {role}: `{}` is not an AMI id",
                     image.ami
@@ -113,12 +113,6 @@ impl Release {
             .filter(|role| !self.roles.contains_key(*role))
             .collect()
     }
-}
-
-pub fn is_ami_id(id: &str) -> bool {
-    id.strip_prefix("ami-").is_some_and(|hex| {
-        matches!(hex.len(), 8 | 17) && hex.bytes().all(|b| b.is_ascii_hexdigit())
-    })
 }
 
 /// A new release id: the UTC time to the second and the short git revision, so ids sort by
