@@ -4,7 +4,10 @@
 //! [`require_tool`]: a missing tool is a test *failure* with an install hint, never a
 //! silent skip, so CI cannot go green without having run them.
 
+pub mod fake_terraform;
 pub mod http;
+
+pub use fake_terraform::FakeTerraform;
 
 /// Real block devices for the data-volume tests.
 pub use xtask::loopdev;

@@ -170,7 +170,7 @@ pub struct PinArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask deploy --plan-only\n  cargo xtask deploy --auto-approve --var-file prod.tfvars\n  cargo xtask deploy --latest\n  cargo xtask deploy --channel stable\n  cargo xtask deploy --backend-config s3.tfbackend   # shared state in S3"
+    after_help = "Examples:\n  cargo xtask deploy --plan-only\n  cargo xtask deploy --auto-approve --var-file prod.tfvars\n  cargo xtask deploy --latest\n  cargo xtask deploy --channel stable\n  cargo xtask deploy --release 20261203-034012-1a2b3c4 --stack staging\n  cargo xtask deploy --backend-config s3.tfbackend   # shared state in S3"
 )]
 pub struct DeployArgs {
     /// Apply without asking for confirmation.
@@ -195,9 +195,12 @@ pub struct DeployArgs {
     #[arg(long, value_name = "ROLE=AMI")]
     pub ami: Vec<String>,
     /// Deploy the release a channel points at (`cargo xtask releases`), e.g. `stable`.
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["ami", "latest"])]
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["ami", "latest", "release"])]
     pub channel: Option<String>,
-    /// With --channel: the stack whose channels these are (SSM `/obstack/<stack>/`).
+    /// Deploy one release by id (`cargo xtask releases`), e.g. the candidate a pipeline verified: a channel may move meanwhile, an id does not.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["ami", "latest"])]
+    pub release: Option<String>,
+    /// With --channel or --release: the stack whose releases these are (SSM `/obstack/<stack>/`).
     #[arg(
         long,
         env = "OBSTACK_STACK",

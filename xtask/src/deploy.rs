@@ -52,8 +52,8 @@ fn generated_vars_path() -> PathBuf {
 pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     let registry = Registry::load_default()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let (explicit, release) = match &args.channel {
-        Some(channel) => {
+    let (explicit, release) = match (&args.channel, &args.release) {
+        (Some(channel), _) => {
             let (id, amis) = runtime.block_on(crate::release::channel_amis(
                 args.region.as_deref(),
                 &args.stack,
@@ -61,7 +61,15 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
             ))?;
             (amis, Some(format!("channel {channel} ({id})")))
         }
-        None => (select::parse_explicit(&registry, &args.ami)?, None),
+        (None, Some(id)) => {
+            let amis = runtime.block_on(crate::release::release_amis(
+                args.region.as_deref(),
+                &args.stack,
+                id,
+            ))?;
+            (amis, Some(format!("release {id}")))
+        }
+        (None, None) => (select::parse_explicit(&registry, &args.ami)?, None),
     };
     let user_vars = user_var_files(args.var_file.as_deref())?;
     let backend_config = backend::check_config(args.backend_config.as_deref())?;

@@ -378,10 +378,24 @@ pub async fn channel_amis(
         bail!("channel {channel} does not exist in stack {stack}; `cargo xtask releases --stack {stack}` lists the channels");
     };
     let release = usable_release(&store, &client, &id).await?;
-    let amis = release
+    Ok((id, role_amis(release)))
+}
+
+/// The AMI map of release `id`, for `deploy --release`.
+pub async fn release_amis(
+    region: Option<&str>,
+    stack: &str,
+    id: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let store = Store::connect(region, stack).await?;
+    let client = ami::ec2_client(region).await?;
+    Ok(role_amis(usable_release(&store, &client, id).await?))
+}
+
+fn role_amis(release: Release) -> BTreeMap<String, String> {
+    release
         .roles
         .into_iter()
         .map(|(role, image)| (role, image.ami))
-        .collect();
-    Ok((id, amis))
+        .collect()
 }

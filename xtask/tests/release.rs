@@ -341,3 +341,84 @@ fn a_release_of_the_images_a_channel_already_has_is_not_recorded_again() {
     let other = create(&sandbox, &set, None);
     assert_ne!(other, first);
 }
+
+/// `deploy --plan-only` through a stand-in terraform: returns the AMIs Terraform was asked
+/// to plan the first apply with, and stderr.
+fn plan_deploy(sandbox: &Sandbox, args: &[&str], running: &[(&str, &str)]) -> (Value, String) {
+    let scratch = tempfile::tempdir().unwrap();
+    let terraform = testkit::FakeTerraform::install(scratch.path(), running);
+    let vars = scratch.path().join("mine.tfvars");
+    std::fs::write(&vars, "allowed_web_cidrs = [\"198.51.100.7/32\"]\n").unwrap();
+    let mut all = vec![
+        "deploy",
+        "--plan-only",
+        "--var-file",
+        vars.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    let mut command = sandbox.xtask(&all);
+    terraform.apply_env(&mut command);
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{}", describe(&output));
+    assert!(
+        !terraform.calls().contains(" apply"),
+        "{}",
+        terraform.calls()
+    );
+    let planned = terraform
+        .planned_ami_ids()
+        .unwrap_or_else(|| panic!("no plan: {}", terraform.calls()));
+    (planned, stderr)
+}
+
+#[test]
+fn deploy_takes_a_channels_release_or_a_pinned_release_id() {
+    let sandbox = Sandbox::new();
+    let first = bake_set(&sandbox, '1');
+    let second = bake_set(&sandbox, '2');
+    let r1 = create(&sandbox, &first, Some("stable"));
+    let r2 = create(&sandbox, &second, Some("candidate"));
+    // The stack runs the first release everywhere but Loki, which still runs the second.
+    let mut running: Vec<(&str, &str)> = first
+        .iter()
+        .map(|(role, ami)| (role.as_str(), ami.as_str()))
+        .collect();
+    for entry in &mut running {
+        if entry.0 == "loki" {
+            entry.1 = second["loki"].as_str();
+        }
+    }
+
+    // `--channel stable`: the roll-out's first apply moves Loki (first in the order) back to
+    // the release's AMI and leaves every other role where it is.
+    let (planned, stderr) = plan_deploy(&sandbox, &["--channel", "stable"], &running);
+    assert_eq!(planned, serde_json::json!(first), "{stderr}");
+    assert!(
+        stderr.contains(&format!("channel stable ({r1})")),
+        "{stderr}"
+    );
+
+    // `--release ID`: exactly that release, whatever the channels say.
+    let (planned, stderr) = plan_deploy(&sandbox, &["--release", &r2], &running);
+    let mut expected = first.clone();
+    expected.insert("loki".into(), second["loki"].clone());
+    // Loki already runs r2's AMI, so the first apply is Prometheus'.
+    expected.insert("prometheus".into(), second["prometheus"].clone());
+    assert_eq!(planned, serde_json::json!(expected), "{stderr}");
+    assert!(stderr.contains(&format!("release {r2}")), "{stderr}");
+
+    // A release whose AMIs are gone is refused before Terraform is asked anything.
+    deregister(&sandbox, &second["grafana"]);
+    let scratch = tempfile::tempdir().unwrap();
+    let terraform = testkit::FakeTerraform::install(scratch.path(), &running);
+    let mut command = sandbox.xtask(&["deploy", "--plan-only", "--release", &r2]);
+    terraform.apply_env(&mut command);
+    let output = command.output().unwrap();
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no longer exist"), "{stderr}");
+    assert!(terraform.calls().is_empty(), "{}", terraform.calls());
+    let error = fails(&sandbox, &["deploy", "--plan-only", "--release", "nope"]);
+    assert!(error.contains("no release nope"), "{error}");
+}

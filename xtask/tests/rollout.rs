@@ -175,43 +175,18 @@ fn the_gate_passes_on_healthy_services_then_a_dead_app_stops_the_roll_out_at_its
     );
 }
 
-/// A stand-in for `terraform` that records its arguments (and the variable files it is
-/// given) and answers `init`, `output -json` (from a fixture) and `plan` (changes).
-const FAKE_TERRAFORM: &str = r#"#!/bin/sh
-echo "terraform $*" >> "$FAKE_TF_LOG"
-for arg in "$@"; do
-  case "$arg" in
-    -var-file=*) echo "--- ${arg#-var-file=}" >> "$FAKE_TF_LOG"; cat "${arg#-var-file=}" >> "$FAKE_TF_LOG" ;;
-  esac
-done
-case " $* " in
-  *" init "*) exit 0 ;;
-  *" output "*) cat "$FAKE_TF_OUTPUTS"; exit 0 ;;
-  *" plan "*) exit 2 ;;
-  *) echo "unexpected terraform call: $*" >&2; exit 1 ;;
-esac
-"#;
-
 #[test]
 fn plan_only_prints_one_apply_per_role_data_stores_first_and_applies_nothing() {
-    use std::os::unix::fs::PermissionsExt;
     let scratch = tempfile::tempdir().unwrap();
-    let bin = scratch.path().join("bin");
-    std::fs::create_dir(&bin).unwrap();
-    let fake = bin.join("terraform");
-    std::fs::write(&fake, FAKE_TERRAFORM).unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let outputs = scratch.path().join("outputs.json");
-    let running = r#"{"app":"ami-0aaaaaaaaaaaaaaa1","grafana":"ami-0bbbbbbbbbbbbbbb1","loki":"ami-0111111111111111a","prometheus":"ami-0ccccccccccccccc1"}"#;
-    std::fs::write(
-        &outputs,
-        format!(
-            r#"{{"ami_ids": {{"sensitive": false, "type": ["map","string"], "value": {running}}},
-                "instance_ids": {{"sensitive": false, "type": ["map","string"], "value": {{"app": "i-1", "grafana": "i-2", "loki": "i-3", "prometheus": "i-4"}}}}}}"#
-        ),
-    )
-    .unwrap();
-    let log = scratch.path().join("terraform.log");
+    let terraform = testkit::FakeTerraform::install(
+        scratch.path(),
+        &[
+            ("app", "ami-0aaaaaaaaaaaaaaa1"),
+            ("grafana", "ami-0bbbbbbbbbbbbbbb1"),
+            ("loki", "ami-0111111111111111a"),
+            ("prometheus", "ami-0ccccccccccccccc1"),
+        ],
+    );
     let vars = scratch.path().join("mine.tfvars");
     std::fs::write(&vars, "allowed_web_cidrs = [\"198.51.100.7/32\"]\n").unwrap();
     let new = [
@@ -227,18 +202,13 @@ fn plan_only_prints_one_apply_per_role_data_stores_first_and_applies_nothing() {
         .arg("--var-file")
         .arg(&vars)
         .env("CARGO_TARGET_DIR", scratch.path().join("target"))
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
-        .env("FAKE_TF_LOG", &log)
-        .env("FAKE_TF_OUTPUTS", &outputs)
         .env("AWS_REGION", "eu-west-1")
         // AWS is never needed (every AMI is explicit): a closed port proves it.
         .env(
             "AWS_ENDPOINT_URL",
             format!("http://127.0.0.1:{}", testkit::free_port()),
         );
+    terraform.apply_env(&mut command);
     for (role, ami) in new {
         command.arg("--ami").arg(format!("{role}={ami}"));
     }
@@ -272,27 +242,20 @@ fn plan_only_prints_one_apply_per_role_data_stores_first_and_applies_nothing() {
     );
 
     // Terraform planned the first apply only, with only Loki's AMI changed, and applied nothing.
-    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls = terraform.calls();
     assert!(!calls.contains(" apply"), "{calls}");
     for call in [" init ", " output ", " plan "] {
         assert!(calls.contains(call), "terraform{call}was run: {calls}");
     }
-    let plan_at = calls.find(" plan ").expect("a terraform plan");
-    let generated = calls[plan_at..]
-        .split("--- ")
-        .skip(1)
-        .find(|part| part.contains("obstack.auto.tfvars.json"))
-        .expect("the generated variables were passed to plan");
-    let json_start = generated.find('{').unwrap();
-    let vars: serde_json::Value = serde_json::from_str(&generated[json_start..]).unwrap();
     assert_eq!(
-        vars["ami_ids"],
-        serde_json::json!({
+        terraform.planned_ami_ids(),
+        Some(serde_json::json!({
             "app": "ami-0aaaaaaaaaaaaaaa1",
             "grafana": "ami-0bbbbbbbbbbbbbbb1",
             "loki": "ami-0111111111111111b",
             "prometheus": "ami-0ccccccccccccccc1"
-        })
+        })),
+        "{calls}"
     );
 }
 

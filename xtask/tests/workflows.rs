@@ -269,6 +269,48 @@ fn check_promotion_gate(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The release promoted is the release verified: the verifying job deploys one pinned
+/// release id (`--release "$RELEASE"` from a step output it publishes as the job output
+/// `release`), and the promoting job promotes that job output, never a channel name that may
+/// have moved since.
+fn check_promotes_what_was_verified(text: &str) -> Result<(), String> {
+    let workflow: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
+    let step_env = |job: &str, needle: &str| -> Option<String> {
+        let steps = workflow["jobs"][job]["steps"].as_sequence()?;
+        steps
+            .iter()
+            .find(|step| step["run"].as_str().is_some_and(|run| run.contains(needle)))
+            .and_then(|step| step["env"]["RELEASE"].as_str().map(str::to_string))
+    };
+    for verifier in jobs_running(&workflow, "cargo xtask verify") {
+        let Some(pinned) = step_env(verifier, "cargo xtask deploy --release \"$RELEASE\"") else {
+            return Err(format!(
+                "job {verifier} deploys no pinned release (deploy --release \"$RELEASE\")"
+            ));
+        };
+        let output = workflow["jobs"][verifier]["outputs"]["release"]
+            .as_str()
+            .unwrap_or_default();
+        if output.is_empty() || output != pinned {
+            return Err(format!(
+                "job {verifier} does not publish the release it deployed ({pinned}) as its output `release`"
+            ));
+        }
+        for promoter in jobs_running(&workflow, "cargo xtask promote") {
+            let expected = format!("${{{{ needs.{verifier}.outputs.release }}}}");
+            if step_env(promoter, "cargo xtask promote \"$RELEASE\"").as_deref()
+                != Some(expected.as_str())
+            {
+                return Err(format!(
+                    "job {promoter} promotes something that is not the release {verifier} verified ({expected})"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn the_nightly_bake_records_a_candidate_and_promotes_it_only_after_verify() {
     let nightly = read(&workflow("nightly-bake.yml"));
@@ -278,10 +320,25 @@ fn the_nightly_bake_records_a_candidate_and_promotes_it_only_after_verify() {
         "the bake records a candidate release"
     );
     assert!(
-        nightly.contains("cargo xtask deploy --channel candidate"),
-        "staging runs the candidate"
+        nightly.contains(".channels.candidate"),
+        "staging resolves the candidate channel"
     );
-    assert!(nightly.contains("cargo xtask promote candidate --to stable"));
+    check_promotes_what_was_verified(&nightly).unwrap();
+    // Promoting the channel again would promote whatever it points at by then.
+    let by_channel = nightly.replace(
+        "cargo xtask promote \"$RELEASE\"",
+        "cargo xtask promote candidate",
+    );
+    assert!(check_promotes_what_was_verified(&by_channel)
+        .unwrap_err()
+        .contains("not the release"));
+    let unpinned = nightly.replace(
+        "cargo xtask deploy --release \"$RELEASE\"",
+        "cargo xtask deploy --channel candidate",
+    );
+    assert!(check_promotes_what_was_verified(&unpinned)
+        .unwrap_err()
+        .contains("deploys no pinned release"));
 
     // The check itself refuses the shapes that would promote an unverified release.
     let same_job = nightly.replace(
