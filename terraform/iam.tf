@@ -100,3 +100,31 @@ resource "aws_iam_role_policy" "grafana_reads_admin_password" {
     ]
   })
 }
+
+# With the app fleet, Prometheus, and only Prometheus, finds the app instances itself
+# (ec2_sd_configs). ec2:DescribeInstances supports no resource-level permissions (Service
+# Authorization Reference, "Actions defined by Amazon EC2": DescribeInstances lists no
+# resource type), so "*" is the only resource; it is limited to the stack's region, where
+# Prometheus asks (its region comes from the instance metadata). Prometheus' EC2 discovery
+# also calls ec2:DescribeAvailabilityZones (same: no resource type) to map zone ids: its docs
+# call it optional, but Prometheus 2.x failed the whole refresh without it, so it is granted.
+resource "aws_iam_role_policy" "prometheus_discovers_app" {
+  count = var.app_fleet ? 1 : 0
+
+  name = "discover-app-fleet"
+  role = aws_iam_role.instance["prometheus"].id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "Ec2ServiceDiscovery"
+        Effect   = "Allow"
+        Action   = ["ec2:DescribeAvailabilityZones", "ec2:DescribeInstances"]
+        Resource = "*"
+        Condition = {
+          StringEquals = { "aws:RequestedRegion" = var.region }
+        }
+      },
+    ]
+  })
+}

@@ -1,5 +1,12 @@
 locals {
-  # Which peer addresses each role reads from its own tags (images/<role>/role.toml).
+  # The roles that run as one aws_instance each: all four, or all but the app when it runs
+  # as a fleet (fleet.tf).
+  instance_roles = var.app_fleet ? setsubtract(local.roles, ["app"]) : local.roles
+
+  # Which peer addresses each role reads from its own tags (images/<role>/role.toml). A fleet
+  # has no single address: Prometheus finds its instances through EC2 service discovery
+  # (the obstack:app-fleet-desired tag below says so), and they carry Loki's address as a
+  # launch tag (fleet.tf).
   peer_tags = merge([
     for role, peers in {
       app        = ["loki"]
@@ -7,12 +14,13 @@ locals {
       grafana    = ["prometheus", "loki"]
       } : {
       for peer in peers : "${role}_knows_${peer}" => { role = role, peer = peer }
+      if contains(local.instance_roles, role) && contains(local.instance_roles, peer)
     }
   ]...)
 }
 
 resource "aws_instance" "role" {
-  for_each = local.roles
+  for_each = local.instance_roles
 
   ami                    = var.ami_ids[each.key]
   instance_type          = lookup(var.instance_types, each.key, "t3.small")
@@ -46,7 +54,14 @@ resource "aws_instance" "role" {
       "obstack:role" = each.key
     },
     contains(keys(aws_ebs_volume.data), each.key) ? { "obstack:data-volume" = aws_ebs_volume.data[each.key].id } : {},
+    # With the fleet, Prometheus discovers the app instances (tag:obstack:role = app and its
+    # deployment, from the default tags) and alerts when fewer than this many are up.
+    var.app_fleet && each.key == "prometheus" ? { "obstack:app-fleet-desired" = tostring(var.app_desired) } : {},
   )
+
+  # Prometheus' first discovery call must be allowed (it retries anyway, but a denied call
+  # at boot is an alert for nothing).
+  depends_on = [aws_iam_role_policy.prometheus_discovers_app]
 }
 
 # Peer addresses exist only after launch, so they are written as separate tags: no

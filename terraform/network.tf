@@ -10,6 +10,19 @@ locals {
     && cidrhost("${split("/", var.public_subnet_cidr)[0]}/${split("/", var.vpc_cidr)[1]}", 0) == cidrhost(var.vpc_cidr, 0),
     false
   )
+
+  # The same for the fleet's second subnet, which must also not overlap the first: two
+  # blocks overlap when their addresses, cut to the shorter of their prefixes, are equal.
+  second_public_subnet_inside_vpc = try(
+    tonumber(split("/", var.second_public_subnet_cidr)[1]) >= tonumber(split("/", var.vpc_cidr)[1])
+    && cidrhost("${split("/", var.second_public_subnet_cidr)[0]}/${split("/", var.vpc_cidr)[1]}", 0) == cidrhost(var.vpc_cidr, 0),
+    false
+  )
+  public_subnets_disjoint = try(
+    cidrhost("${split("/", var.public_subnet_cidr)[0]}/${min(tonumber(split("/", var.public_subnet_cidr)[1]), tonumber(split("/", var.second_public_subnet_cidr)[1]))}", 0)
+    != cidrhost("${split("/", var.second_public_subnet_cidr)[0]}/${min(tonumber(split("/", var.public_subnet_cidr)[1]), tonumber(split("/", var.second_public_subnet_cidr)[1]))}", 0),
+    false
+  )
 }
 
 resource "aws_vpc" "main" {
@@ -76,6 +89,54 @@ resource "aws_route" "internet" {
 
 resource "aws_route_table_association" "public" {
   subnet_id      = aws_subnet.public.id
+  route_table_id = aws_route_table.public.id
+}
+
+# An Application Load Balancer needs subnets in two availability zones: with the app fleet,
+# a second public subnet in another zone than the first (which the fleet spans too). Zones
+# that need opting in (Local Zones, Wavelength) are left out.
+data "aws_availability_zones" "available" {
+  count = var.app_fleet ? 1 : 0
+
+  #checkov:skip=CKV_AWS_394:Only used to pick one zone other than the first subnet's when the second subnet is created; the subnet ignores later changes of its zone, so a zone AWS adds never moves it.
+
+  state = "available"
+
+  filter {
+    name   = "opt-in-status"
+    values = ["opt-in-not-required"]
+  }
+}
+
+resource "aws_subnet" "second" {
+  count = var.app_fleet ? 1 : 0
+
+  vpc_id            = aws_vpc.main.id
+  cidr_block        = var.second_public_subnet_cidr
+  availability_zone = [for zone in data.aws_availability_zones.available[0].names : zone if zone != aws_subnet.public.availability_zone][0]
+  # Addresses are assigned per instance (the launch template), never by default.
+  map_public_ip_on_launch = false
+
+  tags = {
+    Name = "${var.name}-public-2"
+  }
+
+  lifecycle {
+    # The zone is chosen once: a zone AWS adds later must not replace the subnet (and with it
+    # the load balancer's placement and the fleet's instances).
+    ignore_changes = [availability_zone]
+
+    precondition {
+      condition     = local.second_public_subnet_inside_vpc && local.public_subnets_disjoint
+      error_message = "second_public_subnet_cidr must lie inside vpc_cidr and must not overlap public_subnet_cidr."
+    }
+  }
+}
+
+resource "aws_route_table_association" "second" {
+  count = var.app_fleet ? 1 : 0
+
+  subnet_id      = aws_subnet.second[0].id
   route_table_id = aws_route_table.public.id
 }
 

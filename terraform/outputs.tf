@@ -1,7 +1,9 @@
 output "urls" {
-  description = "Where each service answers (public addresses; reachable from allowed_web_cidrs when exposed)."
+  description = "Where each service answers (public addresses; reachable from allowed_web_cidrs when exposed). With the app fleet, the app's is its load balancer's."
   value = {
-    app        = "http://${aws_instance.role["app"].public_ip}:5000"
+    app = (var.app_fleet
+      ? "${local.app_https ? "https" : "http"}://${aws_lb.app[0].dns_name}"
+    : "http://${aws_instance.role["app"].public_ip}:5000")
     prometheus = "http://${aws_instance.role["prometheus"].public_ip}:9090"
     loki       = "http://${aws_instance.role["loki"].public_ip}:3100"
     grafana    = "http://${aws_instance.role["grafana"].public_ip}:3000"
@@ -9,17 +11,17 @@ output "urls" {
 }
 
 output "exposed" {
-  description = "Which services accept connections from allowed_web_cidrs (Grafana always)."
-  value       = { for role in local.roles : role => contains(keys(local.web_ports), role) }
+  description = "Which services accept connections from allowed_web_cidrs (Grafana always; the app always with the fleet, through its load balancer)."
+  value       = { for role in local.roles : role => contains(keys(local.web_ports), role) || (role == "app" && var.app_fleet) }
 }
 
 output "instance_ids" {
-  description = "EC2 instance id of each role, e.g. for `aws ssm start-session --target`."
+  description = "EC2 instance id of each role that runs as one instance, e.g. for `aws ssm start-session --target` (the app fleet's are in its Auto Scaling group)."
   value       = { for role, instance in aws_instance.role : role => instance.id }
 }
 
 output "private_ips" {
-  description = "Private address of each role, as written into the peers' tags."
+  description = "Private address of each role that runs as one instance, as written into the peers' tags."
   value       = { for role, instance in aws_instance.role : role => instance.private_ip }
 }
 
@@ -34,8 +36,21 @@ output "grafana_admin_password_command" {
 }
 
 output "ami_ids" {
-  description = "The AMI each role's instance runs: `cargo xtask deploy` rolls out from these, one role at a time."
-  value       = { for role, instance in aws_instance.role : role => instance.ami }
+  description = "The AMI each role runs (the app fleet's: its launch template's): `cargo xtask deploy` rolls out from these, one role at a time."
+  value = merge(
+    { for role, instance in aws_instance.role : role => instance.ami },
+    var.app_fleet ? { app = aws_launch_template.app[0].image_id } : {},
+  )
+}
+
+output "app_autoscaling_group" {
+  description = "Name of the app fleet's Auto Scaling group (null without the fleet), e.g. for `aws autoscaling describe-instance-refreshes --auto-scaling-group-name`."
+  value       = var.app_fleet ? aws_autoscaling_group.app[0].name : null
+}
+
+output "loki_bucket" {
+  description = "The S3 bucket holding Loki's chunks and index from loki_s3_from on (null with loki_storage = \"filesystem\")."
+  value       = local.loki_s3 ? aws_s3_bucket.loki[0].bucket : null
 }
 
 output "data_volume_ids" {

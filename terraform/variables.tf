@@ -240,3 +240,105 @@ variable "expose_alertmanager" {
   description = "Open Alertmanager's UI (:9093) to allowed_web_cidrs. Grafana always reaches it."
   default     = false
 }
+
+# The app fleet (fleet.tf) and Loki's object storage (loki_storage.tf).
+variable "app_fleet" {
+  type        = bool
+  description = "Run the app as an Auto Scaling group behind an Application Load Balancer (true), or as one instance (false)."
+  default     = true
+}
+
+# Auto Scaling's group sizes are whole numbers; the desired capacity is tagged on Prometheus
+# (obstack:app-fleet-desired, 1 to 1000), so a fleet has at least one instance. That
+# app_min <= app_desired <= app_max is a precondition on the group (fleet.tf).
+variable "app_min" {
+  type        = number
+  description = "Smallest size of the app fleet (Auto Scaling group min_size)."
+  default     = 1
+
+  validation {
+    condition     = var.app_min >= 0 && var.app_min <= 1000 && floor(var.app_min) == var.app_min
+    error_message = "app_min must be a whole number from 0 to 1000."
+  }
+}
+
+variable "app_max" {
+  type        = number
+  description = "Largest size of the app fleet (Auto Scaling group max_size)."
+  default     = 1
+
+  validation {
+    condition     = var.app_max >= 1 && var.app_max <= 1000 && floor(var.app_max) == var.app_max
+    error_message = "app_max must be a whole number from 1 to 1000."
+  }
+}
+
+variable "app_desired" {
+  type        = number
+  description = "How many app instances the fleet runs (desired capacity); Prometheus alerts when fewer are up."
+  default     = 1
+
+  validation {
+    condition     = var.app_desired >= 1 && var.app_desired <= 1000 && floor(var.app_desired) == var.app_desired
+    error_message = "app_desired must be a whole number from 1 to 1000."
+  }
+}
+
+variable "app_certificate_arn" {
+  type        = string
+  description = "ARN of an ACM certificate (in the stack's region) for the app's load balancer: HTTPS on 443 and HTTP redirected to it. null serves plain HTTP on 80."
+  default     = null
+
+  validation {
+    condition     = var.app_certificate_arn == null || can(regex("^arn:aws[a-z-]*:acm:[a-z]{2}(-[a-z]+)+-[0-9]:[0-9]{12}:certificate/[0-9a-f-]{36}$", var.app_certificate_arn))
+    error_message = "app_certificate_arn must be an ACM certificate ARN (arn:aws:acm:<region>:<account>:certificate/<id>), or null."
+  }
+}
+
+variable "second_public_subnet_cidr" {
+  type        = string
+  description = "CIDR of the second public subnet the app fleet and its load balancer use (in another availability zone), inside vpc_cidr and apart from public_subnet_cidr (checked at plan)."
+  default     = "10.42.2.0/24"
+
+  validation {
+    condition     = can(regex("^[0-9.]+/[0-9]+$", var.second_public_subnet_cidr)) && try(cidrhost(var.second_public_subnet_cidr, 0) == split("/", var.second_public_subnet_cidr)[0], false)
+    error_message = "second_public_subnet_cidr must be an IPv4 CIDR written as its network address (no host bits set), e.g. a /24."
+  }
+
+  # AWS allows a subnet's IPv4 block from /16 to /28.
+  validation {
+    condition     = try(tonumber(split("/", var.second_public_subnet_cidr)[1]) >= 16 && tonumber(split("/", var.second_public_subnet_cidr)[1]) <= 28, false)
+    error_message = "second_public_subnet_cidr must have a prefix length from /16 to /28 (AWS's subnet sizes)."
+  }
+}
+
+variable "loki_storage" {
+  type        = string
+  description = "Where Loki keeps its chunks and index: \"filesystem\" (its data volume) or \"s3\" (a bucket of the stack, from loki_s3_from on)."
+  default     = "filesystem"
+
+  validation {
+    condition     = contains(["filesystem", "s3"], var.loki_storage)
+    error_message = "loki_storage must be \"filesystem\" or \"s3\"."
+  }
+}
+
+# Loki reads logs older than this day from the filesystem schema period (from 2024-04-01)
+# and writes from this day on to S3: it must be a real date after that period's start, and
+# must be a day after today when switching a running stack: a period starts at 00:00 UTC, so
+# "today" would hide the logs written earlier today in the filesystem period.
+variable "loki_s3_from" {
+  type        = string
+  description = "First day (UTC, YYYY-MM-DD) of Loki's S3 schema period; required when loki_storage = \"s3\", after 2024-04-01."
+  default     = null
+
+  validation {
+    condition     = var.loki_s3_from == null || can(regex("^[0-9]{4}-[0-9]{2}-[0-9]{2}$", var.loki_s3_from)) && can(formatdate("YYYY-MM-DD", "${var.loki_s3_from}T00:00:00Z"))
+    error_message = "loki_s3_from must be a date written YYYY-MM-DD, e.g. 2026-01-15."
+  }
+
+  validation {
+    condition     = var.loki_s3_from == null || try(timecmp("${var.loki_s3_from}T00:00:00Z", "2024-04-01T00:00:00Z") > 0, false)
+    error_message = "loki_s3_from must be later than 2024-04-01, the start of Loki's filesystem schema period."
+  }
+}

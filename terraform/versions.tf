@@ -3,8 +3,9 @@ terraform {
 
   required_providers {
     aws = {
-      source  = "hashicorp/aws"
-      version = "~> 5.0"
+      source = "hashicorp/aws"
+      # 5.32 added instance_refresh.preferences.max_healthy_percentage (fleet.tf).
+      version = "~> 5.32"
     }
     random = {
       source  = "hashicorp/random"
@@ -23,11 +24,19 @@ provider "aws" {
     }
   }
 
-  # The peer-address tags and the password-parameter tag are written after launch by
-  # `aws_ec2_tag` (instances.tf). Ignoring them here keeps `aws_instance` from removing
-  # them on the next plan; `aws_ec2_tag` itself does not honour `ignore_tags`.
+  # The peer-address tags, the password-parameter tag, the alert tags (alerting.tf) and
+  # Loki's S3 tags (loki_storage.tf) are written after launch by `aws_ec2_tag`. Ignoring
+  # them here keeps `aws_instance` from removing them on the next plan; `aws_ec2_tag` itself
+  # does not honour `ignore_tags`.
   ignore_tags {
     key_prefixes = ["obstack:peer:"]
-    keys         = ["obstack:grafana-admin-password-param"]
+    keys = [
+      "obstack:grafana-admin-password-param",
+      "obstack:alert-sns-topic-arn",
+      "obstack:alert-webhook-url-param",
+      "obstack:loki-s3-bucket",
+      "obstack:loki-s3-region",
+      "obstack:loki-s3-from",
+    ]
   }
 }

@@ -159,6 +159,23 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
             if checks.is_empty() {
                 checks = health::stack_checks(&endpoints);
             }
+            // Terraform only changes the fleet's launch template; the group's instance
+            // refresh replaces the instances afterwards. The step is done when every app
+            // instance Prometheus discovers is up on the new AMI.
+            let app_ami = step
+                .roles
+                .iter()
+                .any(|r| r == "app")
+                .then(|| step.ami_ids.get("app"))
+                .flatten();
+            if let (Some(group), Some(ami)) = (&last_outputs.app_autoscaling_group, app_ami) {
+                match health::app_fleet_check(&endpoints, ami) {
+                    Some(check) => checks.push(check),
+                    None => eprintln!(
+                        "warning: cannot follow the instance refresh of {group}: Prometheus is reachable neither directly nor through Grafana; follow it with `aws autoscaling describe-instance-refreshes --auto-scaling-group-name {group}`"
+                    ),
+                }
+            }
             wait_for_health(&checker, &checks, args.health_timeout)
         },
         |step| rollback_command(&args, &region, step),
@@ -523,16 +540,40 @@ async fn instance_status(region: &str, outputs: &Outputs) -> anyhow::Result<Vec<
         .send()
         .await
         .context("cannot describe the stack's instances (ec2:DescribeInstances); check your AWS credentials")?;
+    let mut reservations = described.reservations().to_vec();
+    // The app fleet's instances come and go with the Auto Scaling group: they are found by
+    // the tag Auto Scaling puts on each, not by Terraform's outputs.
+    if let Some(group) = &outputs.app_autoscaling_group {
+        let fleet = client
+            .describe_instances()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("tag:aws:autoscaling:groupName")
+                    .values(group)
+                    .build(),
+            )
+            .send()
+            .await
+            .with_context(|| format!("cannot describe the instances of the app fleet {group} (ec2:DescribeInstances)"))?;
+        reservations.extend(fleet.reservations().iter().cloned());
+    }
     let amis = ami::list(&client, None).await?;
     let mut rows = Vec::new();
-    for reservation in described.reservations() {
+    for reservation in &reservations {
         for instance in reservation.instances() {
             let id = instance.instance_id().unwrap_or_default().to_string();
             let role = outputs
                 .instance_ids
                 .iter()
                 .find(|(_, v)| **v == id)
-                .map_or("?".to_string(), |(k, _)| k.clone());
+                .map(|(k, _)| k.clone())
+                .or_else(|| {
+                    outputs
+                        .app_autoscaling_group
+                        .as_ref()
+                        .map(|_| "app".to_string())
+                })
+                .unwrap_or_else(|| "?".to_string());
             let ami_id = instance.image_id().unwrap_or_default().to_string();
             let image = image_freshness(&role, &ami_id, &amis);
             rows.push(InstanceStatus {

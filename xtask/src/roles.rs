@@ -71,6 +71,10 @@ pub struct Peer {
     pub port: u16,
     #[serde(default)]
     pub required: bool,
+    /// The agent does not require the peer on an instance carrying this tag (the app
+    /// fleet's tag on Prometheus); `up` never sets it, so there the peer stays required.
+    #[serde(default)]
+    pub unless_tag: Option<String>,
 }
 
 /// What the image ships besides its directory and its `images/versions.toml` entries.

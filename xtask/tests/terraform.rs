@@ -212,12 +212,16 @@ fn peers_are_reached_by_security_group_and_people_only_from_allowed_cidrs() {
                 let for_each = attr(body, "for_each")
                     .map(|e| e.to_string())
                     .unwrap_or_default();
-                let allowed =
-                    (kind.ends_with("ingress_rule") && cidr == "each.value.cidr" && name == "web")
+                let allowed = (kind.ends_with("ingress_rule") && cidr == "each.value.cidr" && name == "web")
                         || (kind.ends_with("ingress_rule")
                             && cidr == "each.value"
                             && name == "alertmanager_web"
                             && for_each.contains("toset(var.allowed_web_cidrs)"))
+                        // The app fleet's load balancer (terraform_fleet.rs evaluates its flows).
+                        || (kind.ends_with("ingress_rule")
+                            && cidr == "each.value.cidr"
+                            && name == "alb_web"
+                            && for_each.contains("var.allowed_web_cidrs"))
                         || (kind.ends_with("egress_rule")
                             && cidr == "local.any_ipv4"
                             && name == "aws_apis");
@@ -299,11 +303,16 @@ fn the_ip_literal_scanner_finds_addresses_and_nothing_else() {
 }
 
 /// Where an IP literal is allowed (see terraform/README.md): the VPC's own address plan as
-/// variable defaults, and "anywhere" for the default route and HTTPS egress.
+/// variable defaults (with the app fleet's second subnet), and "anywhere" for the default
+/// route and HTTPS egress.
 fn allowed_literal(file: &str, path: &[String], key: &str, value: &str) -> bool {
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     match (file, path.as_slice(), key) {
-        ("variables.tf", ["variable", "vpc_cidr" | "public_subnet_cidr"], "default") => true,
+        (
+            "variables.tf",
+            ["variable", "vpc_cidr" | "public_subnet_cidr" | "second_public_subnet_cidr"],
+            "default",
+        ) => true,
         ("network.tf", ["locals"], "any_ipv4") => value == "\"0.0.0.0/0\"",
         _ => false,
     }
@@ -366,6 +375,7 @@ fn no_ip_address_literal_outside_the_documented_exceptions() {
         [
             "network.tf  any_ipv4",
             "variables.tf public_subnet_cidr default",
+            "variables.tf second_public_subnet_cidr default",
             "variables.tf vpc_cidr default"
         ]
     );

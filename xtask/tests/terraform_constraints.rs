@@ -276,6 +276,24 @@ fn public_subnet_cidr_must_be_a_canonical_ipv4_cidr_from_16_to_28() {
 }
 
 #[test]
+fn second_public_subnet_cidr_must_be_a_canonical_ipv4_cidr_from_16_to_28() {
+    let console = Console::new(&parsed_files());
+    check_samples(
+        &console,
+        "second_public_subnet_cidr",
+        &["10.42.2.0/24", "10.42.128.0/17", "10.42.255.240/28"],
+        &[
+            "10.42.0.0/15",   // larger than AWS's largest subnet, /16
+            "10.42.2.0/29",   // smaller than AWS's smallest subnet, /28
+            "10.42.2.7/24",   // host bits set
+            "10.42.2.0",      // no prefix length
+            "subnet",         //
+            "fd00:1234::/64", // not IPv4
+        ],
+    );
+}
+
+#[test]
 fn allowed_web_cidrs_must_be_canonical_and_distinct() {
     let console = Console::new(&parsed_files());
     check_samples(
@@ -307,7 +325,12 @@ fn every_cidr_variable_has_its_validations_sampled() {
         .collect();
     assert_eq!(
         cidr_variables,
-        BTreeSet::from(["allowed_web_cidrs", "public_subnet_cidr", "vpc_cidr"]),
+        BTreeSet::from([
+            "allowed_web_cidrs",
+            "public_subnet_cidr",
+            "second_public_subnet_cidr",
+            "vpc_cidr"
+        ]),
         "a new CIDR variable needs good and bad samples in this file"
     );
 }
@@ -332,8 +355,13 @@ fn preconditions(resource: &Block) -> Vec<String> {
 fn the_public_subnet_must_lie_inside_the_vpc() {
     let files = parsed_files();
     let console = Console::new(&files);
-    let subnets = resources(&files, "aws_subnet");
-    assert!(!subnets.is_empty(), "no aws_subnet found");
+    // The first subnet's preconditions (the app fleet's second subnet, which must also stay
+    // apart from this one, is sampled in terraform_fleet.rs).
+    let subnets: Vec<&Block> = resources(&files, "aws_subnet")
+        .into_iter()
+        .filter(|s| s.labels()[1].as_str() == "public")
+        .collect();
+    assert!(!subnets.is_empty(), "no aws_subnet.public found");
     let conditions: Vec<String> = subnets.iter().flat_map(|s| preconditions(s)).collect();
     // Whether plan would go on: both variables valid and every precondition true.
     let plan_accepts = |vpc: &str, subnet: &str| -> bool {

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::AgentError;
 use crate::spec::{rooted, secret_stem, RoleSpec};
 use crate::tags::{self, Tags};
-use crate::value::{self, PeerAddress, SecretText, SnsTopic};
+use crate::value::{self, AppFleet, LokiS3, PeerAddress, SecretText, SnsTopic};
 
 /// What every template sees. Field names are the template variables.
 #[derive(Debug, Clone, Serialize)]
@@ -29,6 +29,13 @@ pub struct Context {
     /// `[[secret_values]]` that were fetched, by name; an untagged one is not defined:
     /// `{% if secret_values.alert_webhook_url is defined %}`.
     pub secret_values: BTreeMap<String, SecretText>,
+    /// The app's Auto Scaling group (tags `obstack:app-fleet-desired` and
+    /// `obstack:deployment`), `none` for a single app instance:
+    /// `{% if app_fleet %}... {{ app_fleet.deployment }} {{ app_fleet.desired }}`.
+    pub app_fleet: Option<AppFleet>,
+    /// Loki's S3 storage (tags `obstack:loki-s3-bucket`, `-region`, `-from`), `none` for
+    /// the filesystem only: `{% if loki_s3 %}... {{ loki_s3.bucket }}`.
+    pub loki_s3: Option<LokiS3>,
 }
 
 /// Validates every tag this role reads and builds the context.
@@ -74,8 +81,10 @@ pub fn build(
         }
         None => Vec::new(),
     };
-    let mut peers = BTreeMap::new();
     let mut missing = Vec::new();
+    let app_fleet = app_fleet(tags, &mut missing)?;
+    let loki_s3 = loki_s3(tags)?;
+    let mut peers = BTreeMap::new();
     for (name, peer) in &spec.peers {
         let key = tags::peer_key(name);
         let is_absent = absent.contains(name);
@@ -94,7 +103,7 @@ pub fn build(
                     .map_err(|reason| AgentError::bad_tag(&key, reason))?;
                 peers.insert(name.clone(), address);
             }
-            None if peer.required && !is_absent => missing.push(key),
+            None if peer.is_required(tags) && !is_absent => missing.push(key),
             None => {}
         }
     }
@@ -117,22 +126,97 @@ pub fn build(
         secrets,
         sns_topic,
         secret_values: BTreeMap::new(),
+        app_fleet,
+        loki_s3,
     })
 }
 
-/// Every required tag (peers and secret names) absent from `tags`, for the wait loop. A
-/// peer that `obstack:absent` names is not waited for: it will never come.
+/// The app fleet, when the fleet tag says there is one. Its deployment tag is then required:
+/// when absent it joins `missing` (waited for like a peer).
+fn app_fleet(tags: &Tags, missing: &mut Vec<String>) -> Result<Option<AppFleet>, AgentError> {
+    let Some(raw) = tags.get(tags::APP_FLEET_DESIRED) else {
+        return Ok(None);
+    };
+    let desired = value::parse_fleet_size(raw)
+        .map_err(|reason| AgentError::bad_tag(tags::APP_FLEET_DESIRED, reason))?;
+    let Some(deployment) = tags.get(tags::DEPLOYMENT) else {
+        missing.push(tags::DEPLOYMENT.to_string());
+        return Ok(None);
+    };
+    value::check_deployment_name(deployment)
+        .map_err(|reason| AgentError::bad_tag(tags::DEPLOYMENT, reason))?;
+    Ok(Some(AppFleet {
+        deployment: deployment.clone(),
+        desired,
+    }))
+}
+
+/// Loki's S3 storage: all three tags or none. Some but not all is a bad tag rather than a
+/// wait: Terraform writes them together, so a partial set is a mistake, and guessing would
+/// put chunks where nobody reads them.
+fn loki_s3(tags: &Tags) -> Result<Option<LokiS3>, AgentError> {
+    let (present, absent): (Vec<&str>, Vec<&str>) = tags::LOKI_S3_TAGS
+        .iter()
+        .partition(|key| tags.contains_key(**key));
+    let (Some(bucket), Some(region), Some(from)) = (
+        tags.get(tags::LOKI_S3_BUCKET),
+        tags.get(tags::LOKI_S3_REGION),
+        tags.get(tags::LOKI_S3_FROM),
+    ) else {
+        return match present.first() {
+            None => Ok(None),
+            Some(key) => Err(AgentError::bad_tag(
+                key,
+                format!(
+                    "comes without {}; Loki on S3 needs {} together (Terraform writes them \
+                     when loki_storage = \"s3\"): add the missing tags or remove the others",
+                    absent.join(", "),
+                    tags::LOKI_S3_TAGS.join(", ")
+                ),
+            )),
+        };
+    };
+    value::check_bucket_name(bucket)
+        .map_err(|reason| AgentError::bad_tag(tags::LOKI_S3_BUCKET, reason))?;
+    value::check_region(region)
+        .map_err(|reason| AgentError::bad_tag(tags::LOKI_S3_REGION, reason))?;
+    let from = value::parse_schema_date(from)
+        .map_err(|reason| AgentError::bad_tag(tags::LOKI_S3_FROM, reason))?;
+    Ok(Some(LokiS3 {
+        bucket: bucket.clone(),
+        region: region.clone(),
+        from: from.to_string(),
+    }))
+}
+
+/// Every required tag (peers, secret names, the fleet's deployment) absent from `tags`, for
+/// the wait loop. A peer that `obstack:absent` names is not waited for: it will never come;
+/// nor is one whose `unless_tag` is present.
 pub fn missing_tags(spec: &RoleSpec, tags: &Tags) -> Vec<String> {
     // A malformed list is `build`'s error to report; here it excuses nothing.
     let absent: Vec<String> = tags
         .get(tags::ABSENT)
         .and_then(|raw| tags::parse_absent(raw).ok())
         .unwrap_or_default();
-    let excused: Vec<String> = absent.iter().map(|name| tags::peer_key(name)).collect();
-    spec.required_tags()
+    let excused: Vec<String> = absent
+        .iter()
+        .map(|name| tags::peer_key(name))
+        .chain(
+            spec.peers
+                .iter()
+                .filter(|(_, peer)| !peer.is_required(tags))
+                .map(|(name, _)| tags::peer_key(name)),
+        )
+        .collect();
+    let mut missing: Vec<String> = spec
+        .required_tags()
         .into_iter()
         .filter(|key| !tags.contains_key(key) && !excused.contains(key))
-        .collect()
+        .collect();
+    if tags.contains_key(tags::APP_FLEET_DESIRED) && !tags.contains_key(tags::DEPLOYMENT) {
+        missing.push(tags::DEPLOYMENT.to_string());
+    }
+    missing
 }
 
 #[cfg(test)]
@@ -144,6 +228,16 @@ mod tests {
             "role = \"watcher\"\n\
              [peers.app]\nport = 5000\nrequired = true\n\
              [peers.loki]\nport = 3100\n",
+        )
+        .unwrap()
+    }
+
+    /// Prometheus' shape: the app peer is excused by the fleet tag.
+    fn fleet_spec() -> RoleSpec {
+        toml::from_str(
+            "role = \"watcher\"\n\
+             [peers.app]\nport = 5000\nrequired = true\n\
+             unless_tag = \"obstack:app-fleet-desired\"\n",
         )
         .unwrap()
     }
@@ -236,5 +330,160 @@ mod tests {
         // A malformed list excuses nothing while waiting.
         let tags = tags(&[("obstack:absent", "app,,")]);
         assert_eq!(missing_tags(&spec(), &tags), ["obstack:peer:app"]);
+    }
+
+    #[test]
+    fn the_fleet_tag_excuses_the_app_peer_and_needs_the_deployment() {
+        let single = build(&fleet_spec(), &Tags::new(), "", "i-1").unwrap_err();
+        assert!(
+            matches!(&single, AgentError::MissingTags(keys) if keys == &["obstack:peer:app"]),
+            "{single}"
+        );
+        assert_eq!(
+            missing_tags(&fleet_spec(), &Tags::new()),
+            ["obstack:peer:app"]
+        );
+
+        let fleet = tags(&[
+            ("obstack:app-fleet-desired", "3"),
+            ("obstack:deployment", "team-a"),
+        ]);
+        assert!(missing_tags(&fleet_spec(), &fleet).is_empty());
+        let context = build(&fleet_spec(), &fleet, "", "i-1").unwrap();
+        assert_eq!(
+            context.app_fleet,
+            Some(AppFleet {
+                deployment: "team-a".into(),
+                desired: 3
+            })
+        );
+        assert!(context.peers.is_empty());
+
+        let no_deployment = tags(&[("obstack:app-fleet-desired", "3")]);
+        assert_eq!(
+            missing_tags(&fleet_spec(), &no_deployment),
+            ["obstack:deployment"]
+        );
+        let error = build(&fleet_spec(), &no_deployment, "", "i-1").unwrap_err();
+        assert!(
+            matches!(&error, AgentError::MissingTags(keys) if keys == &["obstack:deployment"]),
+            "{error}"
+        );
+        // Without the fleet tag the deployment tag (on every instance) is not read.
+        let untouched = tags(&[
+            ("obstack:peer:app", "10.0.0.1"),
+            ("obstack:deployment", "Not A Name"),
+        ]);
+        assert!(build(&spec(), &untouched, "", "i-1")
+            .unwrap()
+            .app_fleet
+            .is_none());
+    }
+
+    #[test]
+    fn bad_fleet_values_are_bad_tags_naming_the_tag() {
+        for (pairs, bad_key) in [
+            (
+                &[
+                    ("obstack:app-fleet-desired", "0"),
+                    ("obstack:deployment", "team-a"),
+                ][..],
+                "obstack:app-fleet-desired",
+            ),
+            (
+                &[("obstack:app-fleet-desired", "many")][..],
+                "obstack:app-fleet-desired",
+            ),
+            (
+                &[
+                    ("obstack:app-fleet-desired", "2"),
+                    ("obstack:deployment", "Team_A"),
+                ][..],
+                "obstack:deployment",
+            ),
+        ] {
+            let error = build(&fleet_spec(), &tags(pairs), "", "i-1").unwrap_err();
+            assert!(
+                matches!(&error, AgentError::BadTag { key, .. } if key == bad_key),
+                "{pairs:?}: {error}"
+            );
+            assert!(!error.to_string().contains('\n'), "{error}");
+        }
+    }
+
+    fn loki_tags(extra: &[(&str, &str)]) -> Tags {
+        let mut pairs = vec![
+            ("obstack:peer:app", "10.0.0.1"),
+            ("obstack:loki-s3-bucket", "team-a-loki-123456789012"),
+            ("obstack:loki-s3-region", "eu-central-1"),
+            ("obstack:loki-s3-from", "2027-01-15"),
+        ];
+        pairs.extend_from_slice(extra);
+        tags(&pairs)
+    }
+
+    #[test]
+    fn the_three_loki_s3_tags_make_loki_s3() {
+        let context = build(&spec(), &loki_tags(&[]), "", "i-1").unwrap();
+        assert_eq!(
+            context.loki_s3,
+            Some(LokiS3 {
+                bucket: "team-a-loki-123456789012".into(),
+                region: "eu-central-1".into(),
+                from: "2027-01-15".into(),
+            })
+        );
+        let plain = build(
+            &spec(),
+            &tags(&[("obstack:peer:app", "10.0.0.1")]),
+            "",
+            "i-1",
+        );
+        assert!(plain.unwrap().loki_s3.is_none());
+    }
+
+    #[test]
+    fn some_but_not_all_loki_s3_tags_are_a_bad_tag() {
+        for dropped in tags::LOKI_S3_TAGS {
+            let mut partial = loki_tags(&[]);
+            partial.remove(dropped);
+            let error = build(&spec(), &partial, "", "i-1").unwrap_err();
+            let AgentError::BadTag { key, reason } = &error else {
+                panic!("dropping {dropped}: {error}");
+            };
+            assert_ne!(key, dropped);
+            assert!(
+                reason.contains(&format!("comes without {dropped}")),
+                "{error}"
+            );
+            assert!(!error.is_transient());
+        }
+        let only_bucket = tags(&[
+            ("obstack:peer:app", "10.0.0.1"),
+            ("obstack:loki-s3-bucket", "team-a-loki"),
+        ]);
+        let error = build(&spec(), &only_bucket, "", "i-1").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("comes without obstack:loki-s3-region, obstack:loki-s3-from"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_loki_s3_values_are_bad_tags_naming_the_tag() {
+        for (key, value) in [
+            ("obstack:loki-s3-bucket", "Team_A"),
+            ("obstack:loki-s3-region", "eu-central"),
+            ("obstack:loki-s3-from", "2024-03-31"),
+            ("obstack:loki-s3-from", "2027-02-30"),
+        ] {
+            let error = build(&spec(), &loki_tags(&[(key, value)]), "", "i-1").unwrap_err();
+            assert!(
+                matches!(&error, AgentError::BadTag { key: bad, .. } if bad == key),
+                "{key}={value}: {error}"
+            );
+        }
     }
 }

@@ -50,6 +50,21 @@ pub struct PeerSpec {
     /// `render` waits for a required peer and never renders without it.
     #[serde(default)]
     pub required: bool,
+    /// A required peer is not required on an instance carrying this tag (Prometheus' app
+    /// peer when the app is a fleet found by EC2 discovery: there is no single address).
+    #[serde(default)]
+    pub unless_tag: Option<String>,
+}
+
+impl PeerSpec {
+    /// Whether an instance with `tags` must have this peer's address tag.
+    pub fn is_required(&self, tags: &tags::Tags) -> bool {
+        self.required
+            && !self
+                .unless_tag
+                .as_ref()
+                .is_some_and(|key| tags.contains_key(key))
+    }
 }
 
 /// A file rendered from a template.
@@ -186,8 +201,17 @@ impl RoleSpec {
 
     /// Internal consistency: valid tag keys, absolute unique output paths, unique secret stems.
     fn check(&self) -> Result<(), String> {
-        for name in self.peers.keys() {
+        for (name, peer) in &self.peers {
             tags::check_key(&tags::peer_key(name))?;
+            if let Some(key) = &peer.unless_tag {
+                tags::check_key(key)?;
+                if !peer.required {
+                    return Err(format!(
+                        "peer `{name}` has `unless_tag` but is not required; the tag only \
+                         excuses a required peer: set `required = true` or drop `unless_tag`"
+                    ));
+                }
+            }
         }
         for secret in &self.secrets {
             tags::check_key(&secret.name_tag)?;
@@ -373,6 +397,22 @@ mod tests {
         assert!(parse(&bad_name).unwrap_err().contains("lowercase"));
         let bad_tag = one.replace("obstack:hook", "obstack hook");
         assert!(parse(&bad_tag).unwrap_err().contains("tag key"));
+    }
+
+    #[test]
+    fn unless_tag_excuses_a_required_peer_only_where_tagged() {
+        let text = "role = \"x\"\n[peers.app]\nport = 5000\nrequired = true\n\
+                    unless_tag = \"obstack:app-fleet-desired\"\n";
+        let spec: RoleSpec = toml::from_str(text).unwrap();
+        spec.check().unwrap();
+        let peer = &spec.peers["app"];
+        assert!(peer.is_required(&tags::Tags::new()));
+        let fleet = tags::Tags::from([("obstack:app-fleet-desired".into(), "3".into())]);
+        assert!(!peer.is_required(&fleet));
+        let optional = text.replace("required = true", "required = false");
+        assert!(parse(&optional).unwrap_err().contains("not required"));
+        let bad_key = text.replace("obstack:app-fleet-desired", "obstack app");
+        assert!(parse(&bad_key).unwrap_err().contains("tag key"));
     }
 
     #[test]

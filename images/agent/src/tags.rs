@@ -26,6 +26,26 @@ pub const ALERT_SNS_TOPIC_ARN: &str = "obstack:alert-sns-topic-arn";
 /// the `mount` step mounts that volume before any service starts.
 pub const DATA_VOLUME: &str = "obstack:data-volume";
 
+/// Optional, on Prometheus' instance: the app runs as an Auto Scaling group wanting this
+/// many instances (decimal, 1 to 1000). Prometheus then finds the app through EC2 service
+/// discovery instead of `obstack:peer:app`, and alerts when fewer are up. Templates see
+/// `app_fleet.desired`.
+pub const APP_FLEET_DESIRED: &str = "obstack:app-fleet-desired";
+/// The deployment's name (Terraform's `var.name`, on every instance through the provider's
+/// default tags). Read only with [`APP_FLEET_DESIRED`], which then requires it: the fleet's
+/// discovery filters on it (`app_fleet.deployment`).
+pub const DEPLOYMENT: &str = "obstack:deployment";
+/// Optional, on Loki's instance: the S3 bucket holding Loki's chunks and index from
+/// [`LOKI_S3_FROM`] on. The three `LOKI_S3_*` tags come together or not at all.
+pub const LOKI_S3_BUCKET: &str = "obstack:loki-s3-bucket";
+/// The region of [`LOKI_S3_BUCKET`] (`us-east-1`).
+pub const LOKI_S3_REGION: &str = "obstack:loki-s3-region";
+/// The first day (UTC, `YYYY-MM-DD`) of Loki's S3 schema period; fixed once set, since
+/// moving it would hide the logs written under the other period.
+pub const LOKI_S3_FROM: &str = "obstack:loki-s3-from";
+/// All of Loki's S3 tags, in the order errors name them.
+pub const LOKI_S3_TAGS: [&str; 3] = [LOKI_S3_BUCKET, LOKI_S3_REGION, LOKI_S3_FROM];
+
 /// Where `bind_address` points when the instance has no `obstack:bind-address` tag.
 pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";
 
@@ -116,6 +136,11 @@ mod tests {
             ABSENT,
             DATA_VOLUME,
             ALERT_SNS_TOPIC_ARN,
+            APP_FLEET_DESIRED,
+            DEPLOYMENT,
+            LOKI_S3_BUCKET,
+            LOKI_S3_REGION,
+            LOKI_S3_FROM,
             &peer_key("loki"),
         ] {
             assert_eq!(check_key(key), Ok(()), "{key}");

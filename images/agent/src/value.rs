@@ -1,6 +1,7 @@
 //! Validation of tag *values*. A tag value ends up inside YAML and INI files, so only values
 //! with a known, harmless shape are accepted: an address (IPv4, IPv6 or DNS host name, with
-//! an optional port) or an SSM parameter name. Anything else is rejected with a reason.
+//! an optional port), an SSM parameter name, an ARN, a bucket or deployment name, a region, a
+//! count or a date. Anything else is rejected with a reason.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -155,6 +156,147 @@ impl SnsTopic {
             name: name.to_string(),
         })
     }
+}
+
+/// The app's Auto Scaling group, as Prometheus' templates see it (`app_fleet.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppFleet {
+    /// The deployment name the fleet's instances are tagged with (`obstack:deployment`).
+    pub deployment: String,
+    /// The group's desired capacity.
+    pub desired: u32,
+}
+
+/// Loki's S3 storage, as its template sees it (`loki_s3.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LokiS3 {
+    pub bucket: String,
+    pub region: String,
+    /// `YYYY-MM-DD`: the first day of the S3 schema period.
+    pub from: String,
+}
+
+/// The largest fleet the agent accepts: a bound on Prometheus' series per app metric and
+/// Loki's streams per label set (the `instance` label's cardinality).
+pub const MAX_FLEET_SIZE: u32 = 1000;
+/// The day Loki's first (filesystem) schema period starts (images/loki/templates/loki.yaml.j2);
+/// an S3 period must start after it.
+pub const LOKI_FILESYSTEM_FROM: time::Date =
+    match time::Date::from_calendar_date(2024, time::Month::April, 1) {
+        Ok(date) => date,
+        Err(_) => panic!("2024-04-01 is a date"),
+    };
+
+/// Parses the fleet's desired capacity: a decimal number from 1 to [`MAX_FLEET_SIZE`].
+pub fn parse_fleet_size(value: &str) -> Result<u32, String> {
+    check_plain_text(value)?;
+    let shape = format!("the desired instance count is a whole number from 1 to {MAX_FLEET_SIZE}");
+    if !value.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("`{value}` is not a number; {shape}"));
+    }
+    match value.parse::<u32>() {
+        Ok(size) if (1..=MAX_FLEET_SIZE).contains(&size) => Ok(size),
+        _ => Err(format!("`{value}` is out of range; {shape}")),
+    }
+}
+
+/// Checks a deployment name as Terraform's `var.name` validation does: 2 to 31 lowercase
+/// letters, digits and `-`, starting with a letter.
+pub fn check_deployment_name(value: &str) -> Result<(), String> {
+    check_plain_text(value)?;
+    let valid = (2..=31).contains(&value.len())
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{value}` is not a deployment name (2-31 lowercase letters, digits and `-`, \
+             starting with a letter: Terraform's `name`)"
+        ))
+    }
+}
+
+/// Checks a general purpose S3 bucket name against S3's naming rules.
+pub fn check_bucket_name(value: &str) -> Result<(), String> {
+    check_plain_text(value)?;
+    let rules = "an S3 bucket name is 3-63 lowercase letters, digits, `.` and `-`, \
+                 starting and ending with a letter or digit";
+    let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let shape_ok = (3..=63).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
+        && edge_ok(value.chars().next())
+        && edge_ok(value.chars().last());
+    if !shape_ok {
+        return Err(format!("`{value}` is not a bucket name; {rules}"));
+    }
+    if value.contains("..") || value.contains(".-") || value.contains("-.") {
+        return Err(format!(
+            "`{value}` is not a bucket name: S3 refuses `..`, `.-` and `-.`"
+        ));
+    }
+    if value.parse::<Ipv4Addr>().is_ok() {
+        return Err(format!(
+            "`{value}` is not a bucket name: S3 refuses names shaped like an IP address"
+        ));
+    }
+    // Prefixes and suffixes S3 reserves for its own names (access points, directory
+    // buckets, multi-region access points, table buckets).
+    let reserved_prefix = ["xn--", "sthree-", "amzn-s3-demo-"]
+        .into_iter()
+        .find(|p| value.starts_with(p));
+    let reserved_suffix = ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"]
+        .into_iter()
+        .find(|s| value.ends_with(s));
+    if let Some(reserved) = reserved_prefix.or(reserved_suffix) {
+        return Err(format!(
+            "`{value}` is not a bucket name: S3 reserves `{reserved}`"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an AWS region name (`us-east-1`, `us-gov-west-1`).
+pub fn check_region(value: &str) -> Result<(), String> {
+    check_plain_text(value)?;
+    if is_region(value) {
+        Ok(())
+    } else {
+        Err(format!("`{value}` is not an AWS region (like us-east-1)"))
+    }
+}
+
+/// Parses the first day of Loki's S3 schema period: a real `YYYY-MM-DD` date after
+/// [`LOKI_FILESYSTEM_FROM`] (Loki needs its periods in order, each starting later).
+pub fn parse_schema_date(value: &str) -> Result<time::Date, String> {
+    check_plain_text(value)?;
+    let shape = "write the day the S3 period starts as YYYY-MM-DD, like 2027-01-15";
+    let parts: Vec<&str> = value.split('-').collect();
+    let digits =
+        |text: &str, len: usize| text.len() == len && text.chars().all(|c| c.is_ascii_digit());
+    let [year, month, day] = parts[..] else {
+        return Err(format!("`{value}` is not a date; {shape}"));
+    };
+    if !(digits(year, 4) && digits(month, 2) && digits(day, 2)) {
+        return Err(format!("`{value}` is not a date; {shape}"));
+    }
+    let not_a_day = || format!("`{value}` is not a day of the calendar; {shape}");
+    let year: i32 = year.parse().map_err(|_| not_a_day())?;
+    let month: u8 = month.parse().map_err(|_| not_a_day())?;
+    let day: u8 = day.parse().map_err(|_| not_a_day())?;
+    let month = time::Month::try_from(month).map_err(|_| not_a_day())?;
+    let date = time::Date::from_calendar_date(year, month, day).map_err(|_| not_a_day())?;
+    if date <= LOKI_FILESYSTEM_FROM {
+        return Err(format!(
+            "`{value}` is not after {LOKI_FILESYSTEM_FROM}, the day Loki's filesystem period \
+             starts; the S3 period must start later (pick the day of the switch, in the future)"
+        ));
+    }
+    Ok(date)
 }
 
 /// `-cn`, `-us-gov`: dash-separated lowercase words.
@@ -434,6 +576,120 @@ mod tests {
                 bad.is_empty() || !error.contains(bad),
                 "{error} quotes the value"
             );
+        }
+    }
+
+    #[test]
+    fn fleet_sizes_are_whole_numbers_from_1_to_1000() {
+        assert_eq!(parse_fleet_size("1"), Ok(1));
+        assert_eq!(parse_fleet_size("1000"), Ok(1000));
+        for (bad, why) in [
+            ("0", "out of range"),
+            ("1001", "out of range"),
+            ("99999999999", "out of range"),
+            ("+3", "not a number"),
+            ("-1", "not a number"),
+            ("3.0", "not a number"),
+            ("three", "not a number"),
+            ("3 ", "whitespace"),
+            ("", "empty"),
+        ] {
+            let error = parse_fleet_size(bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn deployment_names_follow_terraforms_name_rule() {
+        for good in ["obstack", "ab", "team-a-prod2", &"a".repeat(31)] {
+            assert_eq!(check_deployment_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "a",
+            "Obstack",
+            "2stack",
+            "ob_stack",
+            "ob.stack",
+            &"a".repeat(32),
+        ] {
+            let error = check_deployment_name(bad).unwrap_err();
+            assert!(error.contains("deployment name"), "{bad:?}: {error}");
+        }
+        assert!(check_deployment_name("ob stack")
+            .unwrap_err()
+            .contains("whitespace"));
+    }
+
+    #[test]
+    fn bucket_names_follow_s3_rules() {
+        for good in ["obstack-loki-123456789012", "abc", "a.b-c", &"b".repeat(63)] {
+            assert_eq!(check_bucket_name(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("ab", "3-63"),
+            (&"b".repeat(64), "3-63"),
+            ("Obstack", "3-63"),
+            ("ob_stack", "3-63"),
+            ("-obstack", "3-63"),
+            ("obstack.", "3-63"),
+            ("ob..stack", "`..`"),
+            ("ob.-stack", "`..`"),
+            ("10.0.0.1", "IP address"),
+            ("xn--obstack", "reserves `xn--`"),
+            ("sthree-logs", "reserves `sthree-`"),
+            ("logs-s3alias", "reserves `-s3alias`"),
+            ("logs--x-s3", "reserves `--x-s3`"),
+            ("ob stack", "whitespace"),
+            ("logs\nx: y", "line break"),
+        ] {
+            let error = check_bucket_name(bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn regions_are_checked_like_in_arns() {
+        assert_eq!(check_region("eu-central-1"), Ok(()));
+        assert_eq!(check_region("us-gov-west-1"), Ok(()));
+        for bad in [
+            "eu-central",
+            "EU-CENTRAL-1",
+            "eucentral1",
+            "eu-central-1a",
+            "",
+        ] {
+            assert!(check_region(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn schema_dates_are_real_days_after_the_filesystem_period() {
+        let date = parse_schema_date("2027-01-15").unwrap();
+        assert_eq!(date.to_string(), "2027-01-15");
+        assert_eq!(
+            parse_schema_date("2024-04-02").unwrap().to_string(),
+            "2024-04-02"
+        );
+        assert_eq!(
+            parse_schema_date("2028-02-29").unwrap().to_string(),
+            "2028-02-29"
+        );
+        for (bad, why) in [
+            ("2024-04-01", "not after 2024-04-01"),
+            ("2023-12-31", "not after 2024-04-01"),
+            ("2027-02-29", "not a day of the calendar"),
+            ("2027-13-01", "not a day of the calendar"),
+            ("2027-04-31", "not a day of the calendar"),
+            ("2027-00-10", "not a day of the calendar"),
+            ("2027-1-15", "not a date"),
+            ("27-01-15", "not a date"),
+            ("2027/01/15", "not a date"),
+            ("2027-01-15T00:00:00Z", "not a date"),
+            ("+2027-01-15", "not a date"),
+            ("2027-01-15\nx: y", "line break"),
+        ] {
+            let error = parse_schema_date(bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
         }
     }
 

@@ -425,3 +425,47 @@ fn grafana_starts_without_downloading_plugins_or_missing_a_provisioning_folder()
         );
     }
 }
+
+/// Retention stays the `--storage.tsdb.retention.time` flag on purpose. Prometheus 3.8
+/// deprecated it for the config file's `storage.tsdb.retention`, but a deprecated flag keeps
+/// working for the whole 3.x line (Prometheus' stability promise covers flags within a
+/// major version), while that config key would make the rendered `prometheus.yml`
+/// unverifiable: `cargo xtask up`, `promtool check config` and every rendering test run
+/// Debian's Prometheus 2.42, which refuses the unknown key. This guard fails the day the
+/// pinned Prometheus leaves 3.x, or the unit and `up` stop agreeing on the flag, so the
+/// decision is made again then rather than forgotten.
+#[test]
+fn prometheus_retention_is_the_flag_while_the_pinned_prometheus_is_3_x() {
+    let versions: toml::Value = toml::from_str(&read(&images_dir().join("versions.toml"))).unwrap();
+    let pinned = versions["components"]["prometheus"]["version"]
+        .as_str()
+        .expect("images/versions.toml pins prometheus");
+    let (major, _, _) = version(pinned);
+    assert_eq!(
+        major, 3,
+        "Prometheus {pinned} is pinned: a new major version may drop the deprecated \
+         --storage.tsdb.retention.time flag; move retention into prometheus.yml's \
+         storage.tsdb.retention and render it only for the image"
+    );
+    let unit = read(&images_dir().join("prometheus/rootfs/etc/systemd/system/prometheus.service"));
+    let role = read(&images_dir().join("prometheus/role.toml"));
+    let flag = |text: &str| {
+        text.split(|c: char| c.is_whitespace() || c == '"')
+            .find(|word| word.starts_with("--storage.tsdb.retention.time="))
+            .map(str::to_string)
+    };
+    assert_eq!(
+        flag(&unit),
+        Some("--storage.tsdb.retention.time=15d".to_string())
+    );
+    assert_eq!(
+        flag(&unit),
+        flag(&role),
+        "the image and `cargo xtask up` keep the same retention"
+    );
+    let template = read(&images_dir().join("prometheus/templates/prometheus.yml.j2"));
+    assert!(
+        !template.contains("retention"),
+        "retention is set twice: the flag and the config file"
+    );
+}

@@ -6,6 +6,7 @@
 //! rules get the metric check too.
 
 mod alerting;
+mod series;
 mod stack;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -402,6 +403,11 @@ fn exposition(text: &str) -> BTreeMap<String, BTreeSet<String>> {
 /// Drives every kind of request through a running demo-app (so labelled series exist) and
 /// returns what its /metrics exposes.
 fn scrape_demo_app() -> BTreeMap<String, BTreeSet<String>> {
+    exposition(&demo_app_metrics_text())
+}
+
+/// The text of a running demo-app's /metrics after every kind of request.
+fn demo_app_metrics_text() -> String {
     let app = DemoApp::start();
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -435,7 +441,7 @@ fn scrape_demo_app() -> BTreeMap<String, BTreeSet<String>> {
         content_type.starts_with("text/plain"),
         "/metrics Content-Type is {content_type:?}"
     );
-    exposition(&response.text().unwrap())
+    response.text().unwrap()
 }
 
 fn node_exporter_metrics() -> BTreeSet<String> {
@@ -772,8 +778,14 @@ fn the_dashboard_shows_what_the_issue_asks_for() {
         "host panels"
     );
     assert!(
-        exprs.iter().any(|e| e == "up"),
-        "stack health: `up` of every target"
+        has("sum by (job) (up)"),
+        "stack health: every job's targets up, an app fleet's counted together"
+    );
+    // Issue 19: the app fleet, its size and a per-instance view.
+    assert!(has("sum(up{job=\"demo-app\"})"), "app instances up");
+    assert!(
+        has("sum by (instance) (rate(app_requests_total"),
+        "request rate by instance"
     );
     let logs = all
         .iter()
@@ -786,4 +798,85 @@ fn the_dashboard_shows_what_the_issue_asks_for() {
         .filter_map(|p| p["title"].as_str())
         .collect();
     assert!(rows.contains(&"Stack health"), "rows: {rows:?}");
+}
+
+/// The fleet sizes the series counts compare.
+const SMALL_FLEET: usize = 2;
+const LARGE_FLEET: usize = 10;
+
+#[test]
+fn dashboard_queries_stay_bounded_as_the_app_fleet_grows() {
+    let app_series = series::exposition_series(&demo_app_metrics_text());
+    assert!(app_series.len() > 10, "{app_series:?}");
+    let windows = series::windows(&[SMALL_FLEET, LARGE_FLEET]);
+    let server = series::Server::start(&series::openmetrics(&windows, &app_series));
+    let counts = |expr: &str, instant: bool| {
+        let expr = xtask::verify::checks::panels::fill_macros(expr);
+        (
+            server.count(&expr, instant, &windows[0]),
+            server.count(&expr, instant, &windows[1]),
+        )
+    };
+
+    // The measure must be able to fail: every target's `up`, unaggregated, grows by three
+    // series per instance (the app, Promtail, node_exporter).
+    let (small, large) = counts("up", true);
+    assert_eq!(large - small, 3 * (LARGE_FLEET - SMALL_FLEET));
+    assert!(!series::bounded((SMALL_FLEET, small), (LARGE_FLEET, large)));
+
+    let mut rows = Vec::new();
+    let mut problems = Vec::new();
+    let mut total = 0;
+    for (dashboard, panels) in dashboards().iter().map(|(path, json)| {
+        (
+            path,
+            xtask::verify::checks::panels::prometheus_queries(json),
+        )
+    }) {
+        for (panel, queries) in panels {
+            for query in queries {
+                let (small, large) = counts(&query.expr, query.instant);
+                total += large;
+                if small == 0 || large == 0 {
+                    problems.push(format!(
+                        "{panel}: `{}` returns nothing from the synthetic stack ({small} / \
+                         {large} series): give its metrics series in tests/series/mod.rs",
+                        query.expr
+                    ));
+                } else if !series::bounded((SMALL_FLEET, small), (LARGE_FLEET, large)) {
+                    problems.push(format!(
+                        "{panel}: `{}` grows from {small} series for {SMALL_FLEET} instances \
+                         to {large} for {LARGE_FLEET}: more than one per instance; aggregate \
+                         it (sum, sum by (instance), topk)",
+                        query.expr
+                    ));
+                }
+                rows.push(vec![
+                    panel.clone(),
+                    small.to_string(),
+                    large.to_string(),
+                    series::growth(small, large, LARGE_FLEET - SMALL_FLEET).to_string(),
+                ]);
+            }
+        }
+        assert!(!rows.is_empty(), "{}: no PromQL query", dashboard.display());
+    }
+    // The figure: each panel query's series for a fleet of 2 and of 10.
+    eprintln!(
+        "{}",
+        xtask::table::render(
+            &[
+                "panel",
+                &format!("series, {SMALL_FLEET} instances"),
+                &format!("series, {LARGE_FLEET} instances"),
+                "growth",
+            ],
+            &rows
+        )
+    );
+    eprintln!(
+        "{} queries, {total} series in all for {LARGE_FLEET} instances",
+        rows.len()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -124,13 +124,17 @@ fn promtail_ships_only_the_live_log_with_low_cardinality_labels() {
         "a glob would also ship the rotated files: {path}"
     );
     assert_eq!(labels["job"], "demo-app");
-    assert_eq!(labels["host"], INSTANCE_ID);
+    assert_eq!(labels["instance"], INSTANCE_ID);
 
     let stream_labels = promtail_stream_labels(&config);
     assert_eq!(
         stream_labels,
-        BTreeSet::from(["host".to_string(), "job".to_string(), "level".to_string()]),
-        "Loki stream labels must stay job, host and level"
+        BTreeSet::from([
+            "instance".to_string(),
+            "job".to_string(),
+            "level".to_string()
+        ]),
+        "Loki stream labels must stay job, instance and level"
     );
 }
 
@@ -175,6 +179,171 @@ fn ipv6_bind_address_gives_parseable_listen_addresses() {
             .unwrap_or_else(|e| panic!("{key}={} is not host:port: {e}", env[key]));
         assert!(listen.is_ipv6(), "{key}={listen}");
     }
+}
+
+/// The tag sets of a single-app deployment whose rendered prometheus.yml is kept in
+/// tests/fixtures/prometheus-single-app/ (rendered by the template before the app fleet):
+/// (fixture, tags).
+fn single_app_deployments() -> Vec<(&'static str, BTreeMap<String, String>)> {
+    let all_peers = sample_tags("prometheus");
+    let mut ipv6 = sample_tags("prometheus");
+    ipv6.remove("obstack:peer:loki");
+    ipv6.remove("obstack:peer:grafana");
+    ipv6.insert("obstack:peer:app".into(), "fd00::10".into());
+    ipv6.insert("obstack:bind-address".into(), "::1".into());
+    let mut local = sample_tags("prometheus");
+    local.remove("obstack:peer:loki");
+    local.remove("obstack:peer:grafana");
+    local.insert("obstack:peer:app".into(), "127.0.0.1:5000".into());
+    local.insert("obstack:bind-address".into(), "127.0.0.1".into());
+    local.insert(
+        "obstack:absent".into(),
+        "loki,promtail,alertmanager,grafana,node_exporter".into(),
+    );
+    let mut shared = sample_tags("prometheus");
+    shared.insert("obstack:peer:loki".into(), APP_IP.into());
+    vec![
+        ("all-peers", all_peers),
+        ("ipv6-required-only", ipv6),
+        ("local-app-only", local),
+        ("shared-host", shared),
+    ]
+}
+
+#[test]
+fn without_an_app_fleet_prometheus_renders_the_same_bytes_as_before() {
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/prometheus-single-app");
+    for (name, tags) in single_app_deployments() {
+        let files = render("prometheus", &tags, Path::new(""));
+        let rendered = &file(&files, Path::new(""), "/etc/prometheus/prometheus.yml").contents;
+        let path = fixtures.join(format!("{name}.yml"));
+        let before =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            *rendered == before,
+            "{name}: the single-app config changed; rendered:\n{rendered}\nbefore ({}):\n{before}",
+            path.display()
+        );
+        // Without a fleet the rendered rule file holds no rule.
+        let rules =
+            yaml(&file(&files, Path::new(""), "/etc/prometheus/rules/app-fleet.yml").contents);
+        assert_eq!(rules, serde_json::json!({"groups": []}), "{name}");
+    }
+}
+
+/// The `ec2_sd_configs` of a job of a rendered config (empty when it has none).
+fn ec2_discovery(job: &serde_json::Value) -> Vec<serde_json::Value> {
+    job["ec2_sd_configs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn job<'a>(config: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    config["scrape_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_name"] == name)
+        .unwrap_or_else(|| panic!("no `{name}` job in {config}"))
+}
+
+#[test]
+fn with_an_app_fleet_prometheus_discovers_the_deployments_running_app_instances() {
+    let root = tempfile::tempdir().unwrap();
+    let files = render("prometheus", &stack::fleet_tags(3), root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/prometheus/prometheus.yml").contents);
+    let filters = serde_json::json!([
+        {"name": "tag:obstack:role", "values": ["app"]},
+        {"name": "tag:obstack:deployment", "values": [stack::DEPLOYMENT]},
+        {"name": "instance-state-name", "values": ["running"]},
+    ]);
+    for (name, port) in [("demo-app", 5000), ("node", 9100), ("promtail", 9080)] {
+        let job = job(&config, name);
+        let discovery = ec2_discovery(job);
+        assert_eq!(discovery.len(), 1, "{name}: {job}");
+        assert_eq!(discovery[0]["filters"], filters, "{name}");
+        // The region comes from the instance metadata; keys never appear.
+        for key in [
+            "region",
+            "endpoint",
+            "access_key",
+            "secret_key",
+            "profile",
+            "role_arn",
+        ] {
+            assert!(discovery[0].get(key).is_none(), "{name} sets `{key}`");
+        }
+        let relabel = job["relabel_configs"].as_array().unwrap();
+        let rule = |target: &str| {
+            relabel
+                .iter()
+                .find(|r| r["target_label"] == target)
+                .unwrap_or_else(|| panic!("{name}: nothing sets `{target}`"))
+        };
+        assert_eq!(
+            rule("__address__")["source_labels"],
+            serde_json::json!(["__meta_ec2_private_ip"])
+        );
+        assert_eq!(rule("__address__")["replacement"], format!("${{1}}:{port}"));
+        assert_eq!(
+            rule("instance_id")["source_labels"],
+            serde_json::json!(["__meta_ec2_instance_id"])
+        );
+        assert_eq!(
+            rule("availability_zone")["source_labels"],
+            serde_json::json!(["__meta_ec2_availability_zone"])
+        );
+        // `cargo xtask deploy` reads it to know the instance refresh is done.
+        assert_eq!(
+            rule("ami")["source_labels"],
+            serde_json::json!(["__meta_ec2_ami"])
+        );
+        assert_eq!(rule("role")["replacement"], "app");
+    }
+    // The app has no static target; the other roles' nodes stay static.
+    assert!(job(&config, "demo-app")["static_configs"].is_null());
+    assert!(job(&config, "promtail")["static_configs"].is_null());
+    let nodes: BTreeSet<String> = job(&config, "node")["static_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["labels"]["role"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        nodes,
+        BTreeSet::from(["prometheus".into(), "loki".into(), "grafana".into()])
+    );
+    for static_job in ["prometheus", "loki", "grafana", "alertmanager"] {
+        assert!(
+            ec2_discovery(job(&config, static_job)).is_empty(),
+            "{static_job}"
+        );
+    }
+
+    // The fleet's size rule compares with the group's desired capacity.
+    let rules = yaml(&file(&files, root.path(), "/etc/prometheus/rules/app-fleet.yml").contents);
+    let rule = &rules["groups"][0]["rules"][0];
+    assert_eq!(rule["alert"], "AppFleetBelowDesired");
+    assert!(rule["expr"].as_str().unwrap().ends_with("< 3"), "{rule}");
+}
+
+#[test]
+fn an_app_fleet_without_promtail_or_node_exporter_discovers_only_the_app() {
+    let root = tempfile::tempdir().unwrap();
+    let mut tags = stack::fleet_tags(2);
+    tags.insert("obstack:absent".into(), "promtail,node_exporter".into());
+    let files = render("prometheus", &tags, root.path());
+    let config = yaml(&file(&files, root.path(), "/etc/prometheus/prometheus.yml").contents);
+    let discovered: Vec<&str> = config["scrape_configs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| !ec2_discovery(j).is_empty())
+        .map(|j| j["job_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(discovered, ["demo-app"]);
 }
 
 fn env_file(text: &str) -> BTreeMap<String, String> {

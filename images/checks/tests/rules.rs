@@ -7,7 +7,10 @@ use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::Path;
 
-use stack::{install, install_rootfs, render, rules_file, rules_test_file, run, sample_tags, yaml};
+use stack::{
+    fleet_tags, install, install_rootfs, render, rules_file, rules_test_file, run, sample_tags,
+    with_ec2_endpoint, yaml,
+};
 
 /// The alerts issue 4 asks for, and issue 18's alert on failing notifications.
 const ALERTS: [&str; 6] = [
@@ -191,6 +194,12 @@ fn unit_tests_catch_broken_rules() {
     let mutations = [
         ("AppDown", "== 0 or absent(up{job=\"demo-app\"})", "== 0"),
         ("HighErrorRatio", "> 0.05", "> 0.5"),
+        // Per instance instead of over the fleet: one bad instance of three would alert.
+        (
+            "HighErrorRatio",
+            "sum(rate(app_requests_total",
+            "sum by (instance) (rate(app_requests_total",
+        ),
         ("HighP95Latency", ") > 0.5", ") > 5"),
         (
             "TargetMissing",
@@ -211,4 +220,130 @@ fn unit_tests_catch_broken_rules() {
             "the failure does not name {alert}:\n{output}"
         );
     }
+}
+
+#[test]
+fn rendered_prometheus_config_with_an_app_fleet_passes_promtool() {
+    // The fleet's discovery has no region (on EC2 Prometheus asks the instance metadata);
+    // promtool needs one here, and must never reach for a metadata service.
+    let promtool = testkit::require_tool("promtool");
+    let root = tempfile::tempdir().unwrap();
+    install(&render("prometheus", &fleet_tags(3), root.path()));
+    install_rootfs("prometheus", "etc/prometheus", root.path());
+    let config = root.path().join("etc/prometheus/prometheus.yml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        with_ec2_endpoint(&text, "http://127.0.0.1:9", "us-east-1"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(&promtool)
+        .args([
+            OsStr::new("check"),
+            OsStr::new("config"),
+            config.as_os_str(),
+        ])
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "promtool check config failed:\n{text}"
+    );
+    // Both rule files load: the baked rules and the rendered fleet rule.
+    for found in [
+        format!("SUCCESS: {} rules found", ALERTS.len()),
+        "SUCCESS: 1 rules found".into(),
+    ] {
+        assert!(text.contains(&found), "no `{found}`:\n{text}");
+    }
+}
+
+/// The fleet's size rule rendered for a group wanting `desired`, passed through `mutate`,
+/// next to a copy of its unit tests (images/prometheus/tests/app-fleet.test.yml); runs
+/// `promtool test rules` on them.
+fn fleet_rule_unit_tests(desired: u32, mutate: impl Fn(&str) -> String) -> (bool, String) {
+    let promtool = testkit::require_tool("promtool");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let files = render("prometheus", &fleet_tags(desired), &root);
+    let rules = &stack::file(&files, &root, "/etc/prometheus/rules/app-fleet.yml").contents;
+    std::fs::create_dir_all(dir.path().join("rules")).unwrap();
+    std::fs::create_dir_all(dir.path().join("tests")).unwrap();
+    std::fs::write(dir.path().join("rules/app-fleet.yml"), mutate(rules)).unwrap();
+    let tests = dir.path().join("tests/app-fleet.test.yml");
+    std::fs::copy(fleet_rule_test_file(), &tests).unwrap();
+    run(
+        &promtool,
+        &[OsStr::new("test"), OsStr::new("rules"), tests.as_os_str()],
+    )
+}
+
+fn fleet_rule_test_file() -> std::path::PathBuf {
+    stack::images_dir().join("prometheus/tests/app-fleet.test.yml")
+}
+
+#[test]
+fn app_fleet_rule_unit_tests_pass_for_a_group_of_three() {
+    let (ok, output) = fleet_rule_unit_tests(3, str::to_string);
+    assert!(ok, "promtool test rules failed:\n{output}");
+}
+
+#[test]
+fn app_fleet_rule_unit_tests_show_it_firing_and_silent() {
+    let tests = yaml(&std::fs::read_to_string(fleet_rule_test_file()).unwrap());
+    let (mut firing, mut silent) = (0, 0);
+    for case in tests["tests"].as_array().unwrap() {
+        for check in case["alert_rule_test"].as_array().into_iter().flatten() {
+            assert_eq!(check["alertname"], "AppFleetBelowDesired");
+            match check["exp_alerts"].as_array().map(Vec::len) {
+                Some(0) => silent += 1,
+                _ => firing += 1,
+            }
+        }
+    }
+    assert!(
+        firing >= 3 && silent >= 3,
+        "{firing} firing, {silent} silent checks"
+    );
+}
+
+#[test]
+fn app_fleet_rule_unit_tests_catch_a_broken_rule() {
+    // Rendered for another group size, the same tests must fail: the threshold is the tag.
+    let (ok, output) = fleet_rule_unit_tests(2, str::to_string);
+    assert!(!ok, "the tests passed with desired = 2:\n{output}");
+    let mutations = [
+        // No instance up at all: the sum of nothing is no series, not 0.
+        (" or vector(0)", ""),
+        (") < 3", ") < 2"),
+        ("for: 10m", "for: 1m"),
+    ];
+    for (from, to) in mutations {
+        let (ok, output) = fleet_rule_unit_tests(3, |rules| {
+            assert!(rules.contains(from), "the rule no longer contains `{from}`");
+            rules.replace(from, to)
+        });
+        assert!(!ok, "the unit tests did not notice `{from}` -> `{to}`");
+        assert!(output.contains("AppFleetBelowDesired"), "{output}");
+    }
+}
+
+#[test]
+fn without_an_app_fleet_the_rendered_rule_file_is_valid_and_empty() {
+    let promtool = testkit::require_tool("promtool");
+    let root = tempfile::tempdir().unwrap();
+    let files = render("prometheus", &sample_tags("prometheus"), root.path());
+    install(&files);
+    let path = root.path().join("etc/prometheus/rules/app-fleet.yml");
+    let (ok, output) = run(
+        &promtool,
+        &[OsStr::new("check"), OsStr::new("rules"), path.as_os_str()],
+    );
+    assert!(ok && output.contains("SUCCESS: 0 rules found"), "{output}");
 }

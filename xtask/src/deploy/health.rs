@@ -45,6 +45,13 @@ pub enum Check {
     Http { name: String, url: String },
     /// Prometheus has at least one active scrape target and every one of them is up.
     PrometheusTargets { name: String, api: PrometheusApi },
+    /// Every app instance Prometheus discovered (job `demo-app`, label `ami` from EC2
+    /// discovery) runs `ami` and is up: the Auto Scaling group's instance refresh is done.
+    AppFleetOnAmi {
+        name: String,
+        api: PrometheusApi,
+        ami: String,
+    },
     /// Grafana has a Prometheus and a Loki datasource, and both pass Grafana's own
     /// datasource health check (so Grafana can really reach them).
     GrafanaDatasources {
@@ -59,6 +66,7 @@ impl Check {
         match self {
             Check::Http { name, .. }
             | Check::PrometheusTargets { name, .. }
+            | Check::AppFleetOnAmi { name, .. }
             | Check::GrafanaDatasources { name, .. } => name,
         }
     }
@@ -167,6 +175,35 @@ fn role_checks(stack: &StackEndpoints) -> Vec<(&'static [&'static str], Check)> 
     checks
 }
 
+/// The check that an app fleet finished rolling onto `ami`, through whichever way Prometheus
+/// is reached ([`stack_checks`]'s choice); `None` when Prometheus cannot be reached at all.
+pub fn app_fleet_check(stack: &StackEndpoints, ami: &str) -> Option<Check> {
+    let url = |role: &str| {
+        stack
+            .urls
+            .get(role)
+            .map(|u| u.trim_end_matches('/').to_string())
+    };
+    let exposed = |role: &str| stack.exposed.get(role).copied().unwrap_or(false);
+    let api = match (
+        url("prometheus").filter(|_| exposed("prometheus")),
+        url("grafana"),
+        &stack.grafana_auth,
+    ) {
+        (Some(prometheus), _, _) => PrometheusApi::Direct(prometheus),
+        (None, Some(grafana), Some(auth)) => PrometheusApi::ViaGrafana {
+            grafana,
+            auth: auth.clone(),
+        },
+        _ => return None,
+    };
+    Some(Check::AppFleetOnAmi {
+        name: format!("app fleet on {ami}"),
+        api,
+        ami: ami.to_string(),
+    })
+}
+
 fn http(name: &str, url: String) -> Check {
     Check::Http {
         name: name.into(),
@@ -208,22 +245,9 @@ impl Checker {
     pub fn run(&self, check: &Check) -> Result<String, String> {
         match check {
             Check::Http { url, .. } => self.get(url, None).map(|_| "ok".to_string()),
-            Check::PrometheusTargets { api, .. } => {
-                let body = match api {
-                    PrometheusApi::Direct(base) => {
-                        self.get_json(&format!("{base}/api/v1/targets?state=active"), None)?
-                    }
-                    PrometheusApi::ViaGrafana { grafana, auth } => {
-                        let uid = self.datasource(grafana, auth, "prometheus")?.uid;
-                        self.get_json(
-                            &format!(
-                                "{grafana}/api/datasources/proxy/uid/{uid}/api/v1/targets?state=active"
-                            ),
-                            Some(auth),
-                        )?
-                    }
-                };
-                targets_verdict(&body)
+            Check::PrometheusTargets { api, .. } => targets_verdict(&self.active_targets(api)?),
+            Check::AppFleetOnAmi { api, ami, .. } => {
+                app_fleet_verdict(&self.active_targets(api)?, ami)
             }
             Check::GrafanaDatasources { grafana, auth, .. } => {
                 let mut healthy = Vec::new();
@@ -239,6 +263,24 @@ impl Checker {
                     healthy.push(datasource.name);
                 }
                 Ok(format!("{} answer", healthy.join(" and ")))
+            }
+        }
+    }
+
+    /// Prometheus' `/api/v1/targets?state=active` answer.
+    fn active_targets(&self, api: &PrometheusApi) -> Result<Value, String> {
+        match api {
+            PrometheusApi::Direct(base) => {
+                self.get_json(&format!("{base}/api/v1/targets?state=active"), None)
+            }
+            PrometheusApi::ViaGrafana { grafana, auth } => {
+                let uid = self.datasource(grafana, auth, "prometheus")?.uid;
+                self.get_json(
+                    &format!(
+                        "{grafana}/api/datasources/proxy/uid/{uid}/api/v1/targets?state=active"
+                    ),
+                    Some(auth),
+                )
             }
         }
     }
@@ -349,6 +391,49 @@ pub fn targets_verdict(body: &Value) -> Result<String, String> {
             down.len(),
             targets.len(),
             down.join(", ")
+        ))
+    }
+}
+
+/// Verdict over Prometheus' `/api/v1/targets` answer for an app fleet rolling onto `ami`:
+/// at least one `demo-app` target, each labelled `ami` = `ami` (EC2 discovery's
+/// `__meta_ec2_ami`) and up. While the group's instance refresh runs, old instances are still
+/// discovered and the verdict names them.
+pub fn app_fleet_verdict(body: &Value, ami: &str) -> Result<String, String> {
+    let targets = body["data"]["activeTargets"]
+        .as_array()
+        .ok_or_else(|| "prometheus answered without data.activeTargets".to_string())?;
+    let app: Vec<&Value> = targets
+        .iter()
+        .filter(|t| t["labels"]["job"].as_str() == Some("demo-app"))
+        .collect();
+    if app.is_empty() {
+        return Err("prometheus has discovered no app instance yet".into());
+    }
+    let describe = |t: &Value| {
+        let instance = t["labels"]["instance_id"]
+            .as_str()
+            .or_else(|| t["labels"]["instance"].as_str())
+            .unwrap_or("?");
+        let on = t["labels"]["ami"].as_str().unwrap_or("no ami label");
+        format!(
+            "{instance} ({on}, {})",
+            t["health"].as_str().unwrap_or("unknown")
+        )
+    };
+    let waiting: Vec<String> = app
+        .iter()
+        .filter(|t| t["labels"]["ami"].as_str() != Some(ami) || t["health"].as_str() != Some("up"))
+        .map(|t| describe(t))
+        .collect();
+    if waiting.is_empty() {
+        Ok(format!("{} app instances up on {ami}", app.len()))
+    } else {
+        Err(format!(
+            "{} of {} app instances not yet up on {ami} (instance refresh in progress?): {}",
+            waiting.len(),
+            app.len(),
+            waiting.join(", ")
         ))
     }
 }
@@ -530,5 +615,66 @@ mod tests {
         let error = datasource_verdict("loki", "Loki", &body).unwrap_err();
         assert!(error.contains("connection refused"), "{error}");
         assert!(datasource_verdict("loki", "Loki", &serde_json::json!({"status": "OK"})).is_ok());
+    }
+
+    fn target(job: &str, instance: &str, ami: &str, health: &str) -> Value {
+        serde_json::json!({
+            "labels": {"job": job, "instance_id": instance, "ami": ami},
+            "health": health,
+        })
+    }
+
+    #[test]
+    fn the_app_fleet_is_rolled_out_when_every_app_target_is_up_on_the_new_ami() {
+        let answer = |targets: Vec<Value>| serde_json::json!({"data": {"activeTargets": targets}});
+        let done = answer(vec![
+            target("demo-app", "i-1", "ami-new", "up"),
+            target("demo-app", "i-2", "ami-new", "up"),
+            target("node", "i-9", "ami-old", "up"),
+        ]);
+        assert_eq!(
+            app_fleet_verdict(&done, "ami-new").unwrap(),
+            "2 app instances up on ami-new"
+        );
+        let refreshing = answer(vec![
+            target("demo-app", "i-1", "ami-new", "up"),
+            target("demo-app", "i-2", "ami-old", "up"),
+        ]);
+        let error = app_fleet_verdict(&refreshing, "ami-new").unwrap_err();
+        assert!(
+            error.contains("1 of 2") && error.contains("i-2 (ami-old, up)"),
+            "{error}"
+        );
+        let starting = answer(vec![target("demo-app", "i-3", "ami-new", "unknown")]);
+        assert!(app_fleet_verdict(&starting, "ami-new").is_err());
+        let none = answer(vec![target("node", "i-9", "ami-new", "up")]);
+        assert!(app_fleet_verdict(&none, "ami-new")
+            .unwrap_err()
+            .contains("no app instance"));
+    }
+
+    #[test]
+    fn the_fleet_check_reaches_prometheus_like_the_other_checks_or_not_at_all() {
+        let mut stack = endpoints(&[], false);
+        assert!(app_fleet_check(&stack, "ami-1").is_none());
+        stack.grafana_auth = Some(BasicAuth {
+            user: "admin".into(),
+            password: "x".into(),
+        });
+        assert!(matches!(
+            app_fleet_check(&stack, "ami-1"),
+            Some(Check::AppFleetOnAmi {
+                api: PrometheusApi::ViaGrafana { .. },
+                ..
+            })
+        ));
+        let exposed = endpoints(&["prometheus"], true);
+        assert!(matches!(
+            app_fleet_check(&exposed, "ami-1"),
+            Some(Check::AppFleetOnAmi {
+                api: PrometheusApi::Direct(_),
+                ..
+            })
+        ));
     }
 }

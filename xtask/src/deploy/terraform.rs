@@ -224,6 +224,8 @@ pub struct Outputs {
     pub ami_ids: BTreeMap<String, String>,
     pub grafana_admin_password_parameter: Option<String>,
     pub grafana_admin_password_command: Option<String>,
+    /// The app fleet's Auto Scaling group; `None` for a single app instance.
+    pub app_autoscaling_group: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -239,6 +241,8 @@ struct RawOutputs {
     ami_ids: Option<Output<BTreeMap<String, String>>>,
     grafana_admin_password_parameter: Option<Output<String>>,
     grafana_admin_password_command: Option<Output<String>>,
+    // Null without the fleet (Terraform may also leave a null output out).
+    app_autoscaling_group: Option<Output<Option<String>>>,
 }
 
 impl Outputs {
@@ -252,6 +256,7 @@ impl Outputs {
             ami_ids: raw.ami_ids.map(|o| o.value).unwrap_or_default(),
             grafana_admin_password_parameter: raw.grafana_admin_password_parameter.map(|o| o.value),
             grafana_admin_password_command: raw.grafana_admin_password_command.map(|o| o.value),
+            app_autoscaling_group: raw.app_autoscaling_group.and_then(|o| o.value),
         })
     }
 
@@ -264,6 +269,22 @@ impl Outputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_app_fleet_group_is_read_when_there_is_one() {
+        let fleet = r#"{"app_autoscaling_group": {"sensitive": false, "type": "string", "value": "obstack-app"}}"#;
+        assert_eq!(
+            Outputs::parse(fleet)
+                .unwrap()
+                .app_autoscaling_group
+                .as_deref(),
+            Some("obstack-app")
+        );
+        let single =
+            r#"{"app_autoscaling_group": {"sensitive": false, "type": "string", "value": null}}"#;
+        assert_eq!(Outputs::parse(single).unwrap().app_autoscaling_group, None);
+        assert_eq!(Outputs::parse("{}").unwrap().app_autoscaling_group, None);
+    }
 
     #[test]
     fn a_locked_state_names_the_lock() {

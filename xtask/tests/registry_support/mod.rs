@@ -253,6 +253,16 @@ pub fn disagreements(terraform: &BTreeMap<String, Body>, registry: &Registry) ->
     compare_sets(&mut problems, "outputs.tf output.urls", &keys, &roles);
     for (key, value) in urls {
         let role = key_text(key);
+        // `fleet ? <load balancer URL> : <instance URL>` (the app): the load balancer listens
+        // on 80/443 by its scheme; the instance branch is the one on the service's port.
+        let mut value = value;
+        loop {
+            value = match value {
+                Expression::Parenthesis(inner) => inner,
+                Expression::Conditional(conditional) => &conditional.false_expr,
+                _ => break,
+            };
+        }
         let text = template_text(value);
         let port = text.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
         match port {

@@ -82,6 +82,16 @@ pub fn variable<'a>(files: &'a BTreeMap<String, Body>, name: &str) -> &'a Block 
         .unwrap_or_else(|| panic!("variable {name} not found"))
 }
 
+/// The expression of `local.<name>`, as HCL text, or a panic naming it.
+pub fn local_expr(files: &BTreeMap<String, Body>, name: &str) -> String {
+    top_blocks(files, "locals")
+        .iter()
+        .flat_map(|b| b.body().attributes())
+        .find(|a| a.key() == name)
+        .map(|a| a.expr().to_string())
+        .unwrap_or_else(|| panic!("local.{name} not found"))
+}
+
 pub fn attr<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
     body.attributes().find(|a| a.key() == key).map(|a| a.expr())
 }
@@ -320,6 +330,20 @@ impl Console {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// [`Console::eval`] of an expression that may span lines (the console reads one line):
+    /// it is written as a local into the console's directory first.
+    pub fn eval_expr(&self, vars: &[(&str, &str)], expr: &str) -> Value {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        std::fs::write(
+            self.dir().join(format!("probe_expr_{n}.tf")),
+            format!("locals {{\n  probe_expr_{n} = {expr}\n}}\n"),
+        )
+        .unwrap();
+        self.eval(vars, &format!("local.probe_expr_{n}"))
     }
 
     /// Runs the console with `vars` (name, HCL value) set and `expr` typed in: its value as

@@ -213,3 +213,49 @@ pub fn scrape_targets(config: &Value) -> BTreeMap<String, BTreeSet<String>> {
         })
         .collect()
 }
+
+/// The deployment name the sample app fleet carries (tag `obstack:deployment`).
+pub const DEPLOYMENT: &str = "obstack-demo";
+
+/// Prometheus' sample tags when the app runs as an Auto Scaling group wanting `desired`
+/// instances: the fleet tags instead of `obstack:peer:app`, as Terraform writes them.
+pub fn fleet_tags(desired: u32) -> BTreeMap<String, String> {
+    let mut tags = sample_tags("prometheus");
+    tags.remove("obstack:peer:app");
+    tags.insert("obstack:app-fleet-desired".into(), desired.to_string());
+    tags.insert("obstack:deployment".into(), DEPLOYMENT.into());
+    tags
+}
+
+/// Points every `ec2_sd_configs` entry of a rendered Prometheus config at `endpoint` in
+/// `region`, as a test's EC2 API (moto) needs: the rendered file names neither (on EC2,
+/// Prometheus asks the instance metadata for its region). Returns the edited YAML.
+pub fn with_ec2_endpoint(config: &str, endpoint: &str, region: &str) -> String {
+    let mut config: serde_yaml_ng::Value = serde_yaml_ng::from_str(config)
+        .unwrap_or_else(|e| panic!("the rendered config is not YAML ({e}):\n{config}"));
+    let mut edited = 0;
+    let jobs = config["scrape_configs"]
+        .as_sequence_mut()
+        .expect("scrape_configs is a list");
+    for job in jobs {
+        let Some(discoveries) = job
+            .get_mut("ec2_sd_configs")
+            .and_then(|d| d.as_sequence_mut())
+        else {
+            continue;
+        };
+        for discovery in discoveries {
+            let discovery = discovery
+                .as_mapping_mut()
+                .expect("an ec2_sd_configs entry is a mapping");
+            discovery.insert("endpoint".into(), endpoint.into());
+            discovery.insert("region".into(), region.into());
+            edited += 1;
+        }
+    }
+    assert!(
+        edited > 0,
+        "the config has no ec2_sd_configs to point at {endpoint}"
+    );
+    serde_yaml_ng::to_string(&config).unwrap()
+}
