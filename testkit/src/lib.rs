@@ -6,6 +6,7 @@
 
 pub mod fake_terraform;
 pub mod http;
+pub mod services;
 
 pub use fake_terraform::FakeTerraform;
 

@@ -1,72 +1,10 @@
 //! The deploy health waiter against real services on loopback: the demo app and a real
 //! Prometheus scraping it.
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use testkit::services::{start_app, start_prometheus};
 use xtask::deploy::health::{self, Check, Checker, PrometheusApi, WaitOptions};
-
-/// A child process killed when dropped, so a failing test leaves nothing running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_app(dir: &Path) -> (Running, u16) {
-    let port = testkit::free_port();
-    let child = Command::new(testkit::workspace_bin("demo-app", "demo-app"))
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--log-file")
-        .arg(dir.join("app.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo-app");
-    let running = Running(child);
-    testkit::wait_for_port(addr(port), Duration::from_secs(30));
-    (running, port)
-}
-
-fn start_prometheus(dir: &Path, app_port: u16) -> (Running, u16) {
-    let prometheus = testkit::require_tool("prometheus");
-    let port = testkit::free_port();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['127.0.0.1:{app_port}']\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    let running = Running(child);
-    testkit::wait_for_port(addr(port), Duration::from_secs(30));
-    (running, port)
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 fn checks(app_port: u16, prometheus_port: u16) -> Vec<Check> {
     vec![

@@ -9,74 +9,14 @@
 //!   bucket, and a held lock file stops a second writer.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use xtask::deploy::health::{self, Checker, StackEndpoints, WaitOptions};
+use testkit::services::{start_app, start_prometheus, start_prometheus_with};
+use xtask::deploy::health::{self, Check, Checker, PrometheusApi, StackEndpoints, WaitOptions};
 use xtask::deploy::rollout::{self, Step};
 use xtask::roles::Registry;
-
-/// A child process killed when dropped, so a failing test leaves nothing running.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn start_app(dir: &Path) -> (Running, u16) {
-    let port = testkit::free_port();
-    let child = Command::new(testkit::workspace_bin("demo-app", "demo-app"))
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--log-file")
-        .arg(dir.join("app.log"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start demo-app");
-    let running = Running(child);
-    testkit::wait_for_port(addr(port), Duration::from_secs(30));
-    (running, port)
-}
-
-fn start_prometheus(dir: &Path, app_port: u16) -> (Running, u16) {
-    let prometheus = testkit::require_tool("prometheus");
-    let port = testkit::free_port();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['127.0.0.1:{app_port}']\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new(prometheus)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("tsdb").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start prometheus");
-    let running = Running(child);
-    testkit::wait_for_port(addr(port), Duration::from_secs(30));
-    (running, port)
-}
 
 fn amis(suffix: &str) -> BTreeMap<String, String> {
     ["app", "grafana", "loki", "prometheus"]
@@ -172,6 +112,71 @@ fn the_gate_passes_on_healthy_services_then_a_dead_app_stops_the_roll_out_at_its
     assert!(
         line.ends_with("roll grafana back with: rollback ami-grafana1"),
         "{line}"
+    );
+}
+
+/// Two app instances as a fleet's Prometheus sees them: job `demo-app`, each labelled with
+/// the AMI it runs (EC2 discovery's `ami` label; static labels stand in for it here).
+fn fleet_prometheus(dir: &Path, amis: [&str; 2]) -> (Vec<testkit::services::Running>, u16) {
+    let (first, first_port) = start_app(&subdir(dir, "a"));
+    let (second, second_port) = start_app(&subdir(dir, "b"));
+    let (prometheus, port) = start_prometheus_with(
+        dir,
+        &format!(
+            "  - job_name: demo-app\n    static_configs:\n      \
+             - targets: ['127.0.0.1:{first_port}']\n        labels: {{ami: {}, instance_id: i-1}}\n      \
+             - targets: ['127.0.0.1:{second_port}']\n        labels: {{ami: {}, instance_id: i-2}}\n",
+            amis[0], amis[1]
+        ),
+    );
+    let checker = Checker::new(Duration::from_secs(2)).unwrap();
+    let options = WaitOptions {
+        timeout: Duration::from_secs(60),
+        interval: Duration::from_millis(500),
+        progress: false,
+    };
+    let targets = Check::PrometheusTargets {
+        name: "targets up".into(),
+        api: PrometheusApi::Direct(format!("http://127.0.0.1:{port}")),
+    };
+    health::wait_until_healthy(&checker, &[targets], &options).unwrap();
+    (vec![first, second, prometheus], port)
+}
+
+/// `dir/name`, created.
+fn subdir(dir: &Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path).unwrap();
+    path
+}
+
+#[test]
+fn the_app_fleet_gate_waits_for_every_instance_on_the_new_ami_through_real_prometheus() {
+    let stack = |port: u16| StackEndpoints {
+        urls: [("prometheus".to_string(), format!("http://127.0.0.1:{port}"))].into(),
+        exposed: [("prometheus".to_string(), true)].into(),
+        grafana_auth: None,
+    };
+    let checker = Checker::new(Duration::from_secs(2)).unwrap();
+
+    // Mid-refresh: one instance is still on the old AMI. The gate holds and names it.
+    let refreshing = tempfile::tempdir().unwrap();
+    let (running, port) = fleet_prometheus(refreshing.path(), ["ami-new", "ami-old"]);
+    let check = health::app_fleet_check(&stack(port), "ami-new").unwrap();
+    let error = checker.run(&check).unwrap_err();
+    assert!(
+        error.contains("1 of 2") && error.contains("i-2 (ami-old, up)"),
+        "{error}"
+    );
+    drop(running);
+
+    // Refresh done: both instances up on the new AMI.
+    let done = tempfile::tempdir().unwrap();
+    let (_running, port) = fleet_prometheus(done.path(), ["ami-new", "ami-new"]);
+    let check = health::app_fleet_check(&stack(port), "ami-new").unwrap();
+    assert_eq!(
+        checker.run(&check).unwrap(),
+        "2 app instances up on ami-new"
     );
 }
 

@@ -25,20 +25,9 @@ impl Xtask {
 
     fn command(&self, stack_dir: &Path, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        command
-            .args(args)
-            .env("OBSTACK_STACK_DIR", stack_dir)
-            .env("STACK_CACHE_DIR", self.cache_dir.path());
+        command.args(args);
         // Only PATH may provide binaries here, as on a fresh machine.
-        for var in [
-            "STACK_PROMETHEUS_BIN",
-            "STACK_LOKI_BIN",
-            "STACK_PROMTAIL_BIN",
-            "STACK_GRAFANA_BIN",
-            "STACK_NODE_EXPORTER_BIN",
-        ] {
-            command.env_remove(var);
-        }
+        testkit::services::isolate_local_stack(&mut command, stack_dir, self.cache_dir.path());
         command
     }
 

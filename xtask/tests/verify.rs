@@ -31,19 +31,8 @@ struct Stack {
 impl Stack {
     fn xtask(&self, args: &[&str]) -> Output {
         let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
-        command
-            .args(args)
-            .env("OBSTACK_STACK_DIR", self.dir.path())
-            .env("STACK_CACHE_DIR", self.cache.path());
-        for var in [
-            "STACK_PROMETHEUS_BIN",
-            "STACK_LOKI_BIN",
-            "STACK_PROMTAIL_BIN",
-            "STACK_GRAFANA_BIN",
-            "STACK_NODE_EXPORTER_BIN",
-        ] {
-            command.env_remove(var);
-        }
+        command.args(args);
+        testkit::services::isolate_local_stack(&mut command, self.dir.path(), self.cache.path());
         command.output().unwrap()
     }
 
