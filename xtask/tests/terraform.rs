@@ -11,8 +11,8 @@ use std::process::Command;
 use hcl::{Body, Expression};
 use serde_json::Value;
 use terraform_support::{
-    address, attr, block, depends_on, iam_action_matches, parsed_files, policy_document, resource,
-    resources, statements, string_list, terraform_dir,
+    address, attr, block, depends_on, iam_action_matches, identity_policies, parsed_files,
+    policy_document, resource, resources, statements, string_list, terraform_dir,
 };
 
 #[test]
@@ -471,29 +471,6 @@ fn aws_managed_attachments(files: &BTreeMap<String, Body>) -> Vec<(String, Strin
             if let Some(arns) = attr(body, arn_key) {
                 add(address(r), role, arns);
             }
-        }
-    }
-    found
-}
-
-/// Every identity policy written here (inline role policies and customer-managed policies),
-/// as (resource address, its role expression, the document).
-fn identity_policies(files: &BTreeMap<String, Body>) -> Vec<(String, String, Value)> {
-    assert!(
-        terraform_support::top_blocks(files, "data")
-            .iter()
-            .all(|d| d.labels()[0].as_str() != "aws_iam_policy_document"),
-        "aws_iam_policy_document is not read by these tests: write policies with jsonencode"
-    );
-    let mut found = Vec::new();
-    for kind in ["aws_iam_role_policy", "aws_iam_policy"] {
-        for r in resources(files, kind) {
-            let role = attr(r.body(), "role")
-                .map(|e| e.to_string())
-                .unwrap_or_default();
-            let document = policy_document(r.body(), "policy")
-                .unwrap_or_else(|| panic!("{} has no policy", address(r)));
-            found.push((address(r), role, document));
         }
     }
     found

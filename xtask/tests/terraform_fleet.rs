@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use hcl::{Block, Body, Expression};
 use serde_json::{json, Value};
 use terraform_support::{
-    address, attr, block, iam_action_matches, local_expr, parsed_files, policy_document,
-    replace_reference, resource, resources, statements, string_list, top_blocks, variable, Console,
-    Outcome,
+    address, allow_statements, attr, block, iam_action_matches, instance_count_expr, local_expr,
+    parsed_files, replace_reference, resource, resources, string_list, top_blocks, variable,
+    Console, Outcome,
 };
 
 /// The variables without a default, so the console can evaluate anything.
@@ -64,13 +64,7 @@ fn blocks<'a>(body: &'a Body, identifier: &str) -> Vec<&'a Body> {
 
 /// How many instances of `resource` exist with `vars` (its `count`, or its `for_each`'s size).
 fn instances(console: &Console, vars: &[(&str, &str)], resource: &Block) -> u64 {
-    let body = resource.body();
-    let expr = match (attr(body, "count"), attr(body, "for_each")) {
-        (Some(count), None) => count.to_string(),
-        (None, Some(for_each)) => format!("length({for_each})"),
-        (None, None) => "1".to_string(),
-        _ => panic!("{} has count and for_each", address(resource)),
-    };
+    let expr = instance_count_expr(resource);
     console
         .eval_expr(vars, &expr)
         .as_u64()
@@ -697,26 +691,6 @@ fn only_allowed_web_cidrs_reach_the_load_balancer_and_only_it_reaches_the_app_po
         sources_of_app_5000(&with(&[("expose_app", "true")])),
         json!([["prometheus"], cidrs]),
     );
-}
-
-/// Every inline role policy's Allow statements, as (resource, role expression, statement).
-fn allow_statements(files: &BTreeMap<String, Body>) -> Vec<(String, String, Value)> {
-    let mut found = Vec::new();
-    for kind in ["aws_iam_role_policy", "aws_iam_policy"] {
-        for policy in resources(files, kind) {
-            let document = policy_document(policy.body(), "policy").unwrap();
-            for statement in statements(&document) {
-                if statement["Effect"] == "Allow" {
-                    found.push((
-                        address(policy),
-                        text(attr(policy.body(), "role")),
-                        statement.clone(),
-                    ));
-                }
-            }
-        }
-    }
-    found
 }
 
 #[test]

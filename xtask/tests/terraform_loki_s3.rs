@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use hcl::{Block, Body, Expression};
 use serde_json::{json, Value};
 use terraform_support::{
-    address, attr, block, depends_on, iam_action_matches, local_expr, parsed_files,
-    policy_document, replace_reference, resource, resources, statements, string_list, top_blocks,
-    Console, Outcome,
+    address, allow_statements, attr, block, depends_on, iam_action_matches, instance_count_expr,
+    local_expr, parsed_files, policy_document, replace_reference, resource, resources, statements,
+    string_list, top_blocks, Console, Outcome,
 };
 
 const DEPLOYMENT: [(&str, &str); 3] = [
@@ -48,14 +48,12 @@ fn text(expr: Option<&Expression>) -> String {
 }
 
 fn count(console: &Console, vars: &[(&str, &str)], resource: &Block) -> u64 {
-    let body = resource.body();
-    let expr = match (attr(body, "count"), attr(body, "for_each")) {
-        (Some(count), None) => count.to_string(),
-        (None, Some(for_each)) => format!("length({for_each})"),
-        _ => panic!("{} has neither count nor for_each", address(resource)),
-    };
     // The tags' for_each names the bucket's attributes; its size does not depend on them.
-    let expr = replace_reference(&expr, "aws_s3_bucket.loki", FAKE_BUCKET);
+    let expr = replace_reference(
+        &instance_count_expr(resource),
+        "aws_s3_bucket.loki",
+        FAKE_BUCKET,
+    );
     console.eval_expr(vars, &expr).as_u64().unwrap()
 }
 
@@ -333,26 +331,6 @@ fn the_bucket_name_is_valid_for_every_valid_deployment_name() {
     }
     assert!(checked >= 8, "the name validation refused most samples");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-}
-
-/// Every Allow statement of an identity policy, as (resource, role expression, statement).
-fn allow_statements(files: &BTreeMap<String, Body>) -> Vec<(String, String, Value)> {
-    let mut found = Vec::new();
-    for kind in ["aws_iam_role_policy", "aws_iam_policy"] {
-        for policy in resources(files, kind) {
-            let document = policy_document(policy.body(), "policy").unwrap();
-            for statement in statements(&document) {
-                if statement["Effect"] == "Allow" {
-                    found.push((
-                        address(policy),
-                        text(attr(policy.body(), "role")),
-                        statement.clone(),
-                    ));
-                }
-            }
-        }
-    }
-    found
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! Shared by the Terraform tests (`terraform.rs`, `terraform_constraints.rs`): the
+//! Shared by the Terraform tests (`xtask/tests/terraform*.rs`): the
 //! configuration under test parsed with hcl-rs, its policy documents as JSON, and an offline
 //! `terraform console` that evaluates the variables' validations and every expression that
 //! needs no provider.
@@ -531,5 +531,56 @@ impl Evaluation {
             "terraform console reported errors:\n{}",
             self.other_errors.join("\n")
         );
+    }
+}
+
+/// Every identity policy (`aws_iam_role_policy`, `aws_iam_policy`) as (resource address,
+/// its `role` expression, its policy document). Policies are written with `jsonencode`:
+/// an `aws_iam_policy_document` would go unread, so it fails the test instead.
+pub fn identity_policies(files: &BTreeMap<String, Body>) -> Vec<(String, String, Value)> {
+    assert!(
+        top_blocks(files, "data")
+            .iter()
+            .all(|d| d.labels()[0].as_str() != "aws_iam_policy_document"),
+        "aws_iam_policy_document is not read by these tests: write policies with jsonencode"
+    );
+    let mut found = Vec::new();
+    for kind in ["aws_iam_role_policy", "aws_iam_policy"] {
+        for r in resources(files, kind) {
+            let role = attr(r.body(), "role")
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let document = policy_document(r.body(), "policy")
+                .unwrap_or_else(|| panic!("{} has no policy", address(r)));
+            found.push((address(r), role, document));
+        }
+    }
+    found
+}
+
+/// Every Allow statement of [`identity_policies`], as (resource address, role expression,
+/// statement).
+pub fn allow_statements(files: &BTreeMap<String, Body>) -> Vec<(String, String, Value)> {
+    identity_policies(files)
+        .into_iter()
+        .flat_map(|(at, role, document)| {
+            statements(&document)
+                .into_iter()
+                .filter(|statement| statement["Effect"] == "Allow")
+                .map(|statement| (at.clone(), role.clone(), statement.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The console expression for how many instances of `resource` exist: its `count`, its
+/// `for_each`'s length, or 1.
+pub fn instance_count_expr(resource: &Block) -> String {
+    let body = resource.body();
+    match (attr(body, "count"), attr(body, "for_each")) {
+        (Some(count), None) => count.to_string(),
+        (None, Some(for_each)) => format!("length({for_each})"),
+        (None, None) => "1".to_string(),
+        _ => panic!("{} has count and for_each", address(resource)),
     }
 }
