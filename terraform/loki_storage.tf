@@ -9,7 +9,7 @@ locals {
   loki_s3 = var.loki_storage == "s3"
 
   # Loki's retention (images/loki/templates/loki.yaml.j2, limits_config.retention_period,
-  # 168h); xtask/tests/terraform_loki_s3.rs checks the two agree.
+  # 168h); xtask/tests/xtask/terraform_loki_s3.rs checks the two agree.
   loki_retention_hours = 168
 
   # The compactor deletes what is past retention (after retention_delete_delay); the bucket's

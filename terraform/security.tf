@@ -4,7 +4,7 @@ locals {
   # Every flow between the roles, by security group and never by address:
   # `from` opens an egress rule, `to` the matching ingress rule. `what` becomes both rules'
   # description, which EC2 limits to 255 of a-z A-Z 0-9, spaces and ._-:/()#,@[]+=&;{}!$*
-  # (no apostrophe, no quote); xtask/tests/terraform_constraints.rs checks every one.
+  # (no apostrophe, no quote); xtask/tests/xtask/terraform_constraints.rs checks every one.
   peer_flows = merge(
     {
       prometheus_scrapes_app      = { from = "prometheus", to = "app", port = 5000, what = "Prometheus scrapes the demo app" }

@@ -114,6 +114,21 @@ pub fn workspace_root() -> PathBuf {
 /// suite it is a no-op. (`cargo build -p package --bin bin`, or even `cargo build
 /// --all-targets`, resolves other features and rebuilds the AWS SDKs: minutes of CI for nothing.)
 pub fn workspace_bin(package: &str, bin: &str) -> PathBuf {
+    // Once per test process: tests that start many commands ask for the same binary often.
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = built
+        .iter()
+        .find(|(name, _)| name == &format!("{package}/{bin}"))
+    {
+        return path.clone();
+    }
+    let path = build_workspace_bin(package, bin);
+    built.push((format!("{package}/{bin}"), path.clone()));
+    path
+}
+
+fn build_workspace_bin(package: &str, bin: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let build = |args: &[&str]| {
         let mut command = Command::new(&cargo);

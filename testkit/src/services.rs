@@ -84,9 +84,15 @@ pub fn isolate_local_stack<'a>(
     stack_dir: &Path,
     cache_dir: &Path,
 ) -> &'a mut Command {
+    let app = crate::workspace_bin("demo-app", "demo-app");
     command
         .env("OBSTACK_STACK_DIR", stack_dir)
-        .env("STACK_CACHE_DIR", cache_dir);
+        .env("STACK_CACHE_DIR", cache_dir)
+        // The suite's own build of the checkout's binaries: `up` builds nothing.
+        .env(
+            xtask::up::WORKSPACE_BIN_DIR_ENV,
+            app.parent().unwrap_or(std::path::Path::new(".")),
+        );
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
         if name.starts_with("STACK_") && name.ends_with("_BIN") {

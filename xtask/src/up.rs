@@ -565,11 +565,29 @@ fn leave_out_unmet_needs(planned: &mut Planned, left_out: &mut Vec<LeftOut>) {
     }
 }
 
+/// Where `up` takes the checkout's binaries from instead of building them: a directory
+/// holding them already built (the test suite points it at its own debug build, so a test
+/// never starts a second build of the dependencies with another feature set).
+pub const WORKSPACE_BIN_DIR_ENV: &str = "OBSTACK_WORKSPACE_BIN_DIR";
+
 /// Builds the checkout's binaries (debug profile: quick, and shared with the test suite)
-/// and fills in their paths.
+/// and fills in their paths; with [`WORKSPACE_BIN_DIR_ENV`] set, takes them from there.
 fn build_workspace_binaries(planned: &mut [(Component, Found)]) -> anyhow::Result<()> {
+    let prebuilt = std::env::var_os(WORKSPACE_BIN_DIR_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map(std::path::PathBuf::from);
     for (component, found) in planned.iter_mut() {
         if let Binary::Workspace { package, bin } = component.binary()? {
+            if let Some(dir) = &prebuilt {
+                let path = dir.join(bin);
+                anyhow::ensure!(
+                    path.is_file(),
+                    "{WORKSPACE_BIN_DIR_ENV}={} has no `{bin}` binary: build it (cargo build -p {package}) or unset {WORKSPACE_BIN_DIR_ENV}",
+                    dir.display()
+                );
+                found.path = path;
+                continue;
+            }
             crate::cmd::Cmd::cargo(["build", "--quiet", "-p", package, "--bin", bin])
                 .map(|e| e.dir(crate::project::root()))
                 .run()

@@ -79,7 +79,7 @@ source "amazon-ebs" "golden" {
   # No encrypt_boot: the launch volume above is already encrypted (with the account's EBS
   # key), so the AMI's snapshot is too; encrypt_boot would copy an intermediate AMI
   # (ec2:CopyImage) for nothing. Every permission this source needs is in
-  # images/bake-policy.json, checked against these settings by images/checks/tests/bake_policy.rs.
+  # images/bake-policy.json, checked against these settings by images/checks/tests/checks/bake_policy.rs.
   ena_support = true
 
   # No SSH from the network: Packer reaches the builder through SSM Session Manager with a

@@ -12,7 +12,7 @@ die() {
 
 # apt_get ARGS...: apt-get that waits up to 10 minutes for the dpkg lock instead of failing at
 # once: on a fresh Ubuntu instance apt-daily and unattended-upgrades often hold it. Every
-# provisioner calls apt-get only through this (images/checks/tests/bake_readiness.rs).
+# provisioner calls apt-get only through this (images/checks/tests/checks/bake_readiness.rs).
 apt_get() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }
 
 # stop_apt_timers: no new apt-daily or unattended-upgrades run during the bake (the ones

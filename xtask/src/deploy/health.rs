@@ -2,7 +2,7 @@
 //! so the same waiter runs against the AWS stack and, in tests, against loopback ports.
 //!
 //! This module depends only on external crates (no `crate::` paths): the integration test
-//! `xtask/tests/health.rs` compiles it directly.
+//! `xtask/tests/xtask/health.rs` runs it against loopback services.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

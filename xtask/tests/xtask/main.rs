@@ -1,0 +1,27 @@
+//! xtask's integration tests, as one test binary (each file a module), so the AWS SDKs are
+//! linked once: every command against moto, stand-in programs and real local services, the
+//! Terraform configuration through `terraform console`, and the repository's hygiene.
+//! The `*_support` modules are shared helpers.
+
+mod bake;
+mod bake_support;
+mod deploy;
+mod fifth_role;
+mod health;
+mod no_build;
+mod prune;
+mod registry_support;
+mod release;
+mod roles;
+mod rollout;
+mod terraform;
+mod terraform_alerting;
+mod terraform_constraints;
+mod terraform_fleet;
+mod terraform_loki_s3;
+mod terraform_support;
+mod terraform_volumes;
+mod tidy;
+mod up;
+mod verify;
+mod workflows;
