@@ -21,6 +21,7 @@ mod terraform_fleet;
 mod terraform_loki_s3;
 mod terraform_support;
 mod terraform_volumes;
+mod test_report;
 mod tidy;
 mod up;
 mod verify;

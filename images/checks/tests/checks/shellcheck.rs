@@ -1,5 +1,6 @@
 //! Every shell script under images/ passes shellcheck (following `source`d files), and every
 //! script that runs on its own fails fast (`set -euo pipefail`), as images/README.md promises.
+//! The developer scripts (scripts/*.sh, .ci/run) pass shellcheck too.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -41,6 +42,29 @@ fn every_script_under_images_passes_shellcheck() {
         "expected the provisioning scripts, found {scripts:?}"
     );
     let output = shellcheck(&scripts, &testkit::workspace_root());
+    assert!(
+        output.status.success(),
+        "shellcheck found problems:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn the_test_command_and_ci_entry_point_pass_shellcheck() {
+    let root = testkit::workspace_root();
+    let mut scripts: Vec<PathBuf> = std::fs::read_dir(root.join("scripts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sh"))
+        .map(|p| p.strip_prefix(&root).unwrap().to_path_buf())
+        .collect();
+    scripts.push(PathBuf::from(".ci/run"));
+    assert!(
+        scripts.iter().any(|p| p.ends_with("test.sh")),
+        "{scripts:?}"
+    );
+    let output = shellcheck(&scripts, &root);
     assert!(
         output.status.success(),
         "shellcheck found problems:\n{}{}",
