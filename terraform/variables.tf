@@ -174,12 +174,23 @@ variable "log_retention_days" {
 
 variable "availability_zone" {
   type        = string
-  description = "Availability zone of the subnet, e.g. eu-west-1a; null lets AWS pick one."
+  description = "Availability zone of the (first) public subnet, e.g. eu-west-1a, which must offer every role's instance type (checked at plan); null picks the first zone, by name, that does. Chosen once: a later change does not move the subnet."
   default     = null
 
   validation {
     condition     = var.availability_zone == null || can(regex("^[a-z]{2}(-[a-z]+)+-[0-9][a-z]$", var.availability_zone))
     error_message = "availability_zone must be a zone name such as eu-west-1a, or null."
+  }
+}
+
+variable "second_availability_zone" {
+  type        = string
+  description = "Availability zone of the app fleet's second public subnet, e.g. eu-west-1b: another zone than the first subnet's that offers the app's instance type (checked at plan); null picks the first, by name, that does. Chosen once: a later change does not move the subnet."
+  default     = null
+
+  validation {
+    condition     = var.second_availability_zone == null || can(regex("^[a-z]{2}(-[a-z]+)+-[0-9][a-z]$", var.second_availability_zone))
+    error_message = "second_availability_zone must be a zone name such as eu-west-1b, or null."
   }
 }
 

@@ -16,6 +16,7 @@ mod roles;
 mod rollout;
 mod terraform;
 mod terraform_alerting;
+mod terraform_aws_values;
 mod terraform_constraints;
 mod terraform_fleet;
 mod terraform_loki_s3;
