@@ -20,6 +20,7 @@ mod terraform_aws_values;
 mod terraform_constraints;
 mod terraform_fleet;
 mod terraform_loki_s3;
+mod terraform_ordering;
 mod terraform_support;
 mod terraform_volumes;
 mod tidy;

@@ -575,6 +575,66 @@ fn the_load_balancer_name_is_valid_for_every_valid_deployment_name() {
 }
 
 #[test]
+fn two_stacks_never_get_the_same_load_balancer_or_target_group_name() {
+    // Names are unique per account and region: two stacks whose names share the part that
+    // fits must still differ. Pairs that share their first 21, 28 and 30 characters, and
+    // names that differ only in hyphens.
+    let files = parsed_files();
+    let console = Console::new(&files);
+    let long = |tail: &str| format!("{}{tail}", "a".repeat(31 - tail.len()));
+    let names: Vec<String> = [
+        long("b"),
+        long("c"),
+        long("bc"),
+        long("de"),
+        long("xyzw"),
+        long("xyzv"),
+        long("1234567890"),
+        long("1234567891"),
+        "ab".to_string(),
+        "ab-".to_string(),
+        "a-b".to_string(),
+        "ab--".to_string(),
+        "obstack".to_string(),
+        "obstack-staging".to_string(),
+        "obstack-staging-".to_string(),
+    ]
+    .into_iter()
+    .filter(|n| console.accepts("name", n))
+    .collect();
+    assert!(
+        names.len() >= 12,
+        "the name validation refused the samples: {names:?}"
+    );
+    let lb_name = local_expr(&files, "lb_name");
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    let made = console.eval_expr(
+        &[],
+        &format!(
+            "[for stack in [{}] : {}]",
+            quoted.join(", "),
+            replace_reference(&lb_name, "var.name", "stack")
+        ),
+    );
+    let made: Vec<&str> = made
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut by_lb_name: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for (name, lb) in names.iter().zip(&made) {
+        assert_eq!(elb_name_problem(lb), None, "name = {name:?} makes {lb:?}");
+        by_lb_name.entry(lb).or_default().push(name);
+    }
+    let clashes: Vec<_> = by_lb_name.iter().filter(|(_, n)| n.len() > 1).collect();
+    assert!(
+        clashes.is_empty(),
+        "stacks with different names get the same load balancer and target group name: {clashes:?}"
+    );
+}
+
+#[test]
 fn only_allowed_web_cidrs_reach_the_load_balancer_and_only_it_reaches_the_app_port() {
     let files = parsed_files();
     let console = Console::new(&files);
