@@ -93,9 +93,9 @@ resource "aws_sns_topic_policy" "alerts" {
   })
 }
 
-# AWS mails a confirmation link first; a subscription nobody confirms within 3 days is
-# deleted by SNS, and every later apply creates it again (and sends another mail): confirm
-# it, or set alert_email = null (terraform/README.md).
+# AWS mails a confirmation link first; SNS deletes a subscription nobody confirms (after 48
+# hours), and every later apply creates it again (and sends another mail): confirm it, or
+# set alert_email = null (terraform/README.md).
 resource "aws_sns_topic_subscription" "alert_email" {
   count = var.alert_email == null ? 0 : 1
 

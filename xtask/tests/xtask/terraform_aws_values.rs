@@ -13,7 +13,6 @@
 use crate::terraform_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
 use hcl::Body;
 use serde_json::Value;
@@ -550,6 +549,3 @@ fn the_constraint_checks_follow_aws_rules() {
         let _ = constraints.problems(&named(name), &text("x"));
     }
 }
-
-#[allow(dead_code)]
-fn _paths(_: &Path) {}

@@ -90,10 +90,15 @@ fn is_true(expr: Option<&Expression>) -> bool {
     matches!(expr, Some(Expression::Bool(true)))
 }
 
-/// Whether creating this resource needs its subnets to route to the internet already.
+/// Whether creating this resource needs its subnets to route to the internet already: the
+/// resources AWS CloudFormation's User Guide lists as depending on the VPC-gateway
+/// attachment when they have a public address (DependsOn attribute): Auto Scaling groups,
+/// EC2 instances, load balancers, Elastic IP addresses, RDS instances.
 fn needs_the_internet_route(node: &Node, files: &BTreeMap<String, Body>) -> bool {
     let body = node.block.body();
     match node.kind.as_str() {
+        "aws_eip" | "aws_nat_gateway" => true,
+        "aws_db_instance" => is_true(attr(body, "publicly_accessible")),
         // Internet-facing unless `internal = true`.
         "aws_lb" => !is_true(attr(body, "internal")),
         "aws_instance" => is_true(attr(body, "associate_public_ip_address")),

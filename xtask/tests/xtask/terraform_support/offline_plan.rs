@@ -425,10 +425,10 @@ impl<'a> OfflinePlan<'a> {
         );
         assert!(
             evaluation.other_errors.is_empty(),
-            "evaluating the configuration offline failed (the rewritten configuration is in {}). \
+            "evaluating the configuration offline failed (the rewritten configuration is kept in {}). \
              \"Unsupported attribute\" on a resource's stand-in means an attribute AWS computes \
              has no stand-in yet: add it under [returned.<type>] in terraform/constraints.toml.\n{}",
-            self.console.dir().display(),
+            self.keep_files().display(),
             evaluation.other_errors.join("\n")
         );
         let mut value = evaluation.value.unwrap_or_else(|| {
@@ -476,6 +476,20 @@ impl<'a> OfflinePlan<'a> {
             aws_made,
             instances,
         }
+    }
+
+    /// A copy of the console's files that outlives the test, to read after a failure.
+    fn keep_files(&self) -> std::path::PathBuf {
+        let kept =
+            std::env::temp_dir().join(format!("obstack-offline-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&kept).unwrap();
+        for entry in std::fs::read_dir(self.console.dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "tf") {
+                std::fs::copy(&path, kept.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        kept
     }
 
     /// The instances of the node at `address` in `values`: how many plan would create.
@@ -555,10 +569,4 @@ impl<'a> OfflinePlan<'a> {
         let expr = rewrite(expr, &self.nodes);
         self.console.eval_expr(vars, &expr)
     }
-}
-
-/// An expression's text with resource references as the offline plan writes them (for
-/// tests that compare expressions).
-pub fn rewritten(text: &str, nodes: &[Node]) -> String {
-    rewrite(text, nodes)
 }
