@@ -24,6 +24,13 @@ variable "name" {
     condition     = !startswith("${var.name}-", "sg-")
     error_message = "The name may not be \"sg\" or start with \"sg-\": the security groups are named \"<name>-<role>\" and EC2 refuses group names starting with sg-."
   }
+
+  # The KMS aliases are "alias/<name>" and "alias/<name>-alerts", and the provider refuses
+  # an alias starting with "alias/aws" (reserved for AWS managed keys).
+  validation {
+    condition     = !startswith(var.name, "aws")
+    error_message = "The name may not start with \"aws\": the KMS key aliases are \"alias/<name>...\" and alias/aws... is reserved for AWS managed keys."
+  }
 }
 
 variable "ami_ids" {

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hcl::Body;
 use serde_json::Value;
-use terraform_support::aws_constraints::{table_path, Constraints, Spec};
+use terraform_support::aws_constraints::{table_path, Constraints, Rule, Spec};
 use terraform_support::offline_plan::{OfflinePlan, Values};
 use terraform_support::{
     attr, parsed_files, parsed_files_in, replace_reference, variable, Console,
@@ -88,9 +88,9 @@ fn single(name: &str, region: &str) -> Vec<(&'static str, String)> {
     vars
 }
 
-/// The shortest and longest `name` the variable's validations accept (trying every length
-/// up to 64, with the validations' own conditions).
-fn name_lengths(files: &BTreeMap<String, Body>) -> (usize, usize) {
+/// Which of `candidates` the `name` variable's validations accept, evaluated in one console
+/// run with the validations' own conditions (`var.name` replaced by each candidate).
+fn names_accepted(files: &BTreeMap<String, Body>, candidates: &[String]) -> Vec<bool> {
     let console = Console::new(files);
     let conditions: Vec<String> = variable(files, "name")
         .body()
@@ -98,27 +98,46 @@ fn name_lengths(files: &BTreeMap<String, Body>) -> (usize, usize) {
         .filter(|b| b.identifier() == "validation")
         .map(|v| attr(v.body(), "condition").unwrap().to_string())
         .collect();
-    let letters = format!("a{}", "b".repeat(63));
+    assert!(
+        !conditions.is_empty(),
+        "the name variable has no validation"
+    );
     let checks: Vec<String> = conditions
         .iter()
         .map(|c| {
             format!(
                 "try(({}) == true, false)",
-                replace_reference(c, "var.name", &format!("substr(\"{letters}\", 0, n)"))
+                replace_reference(c, "var.name", "candidate")
             )
         })
         .collect();
+    let quoted: Vec<String> = candidates.iter().map(|c| format!("{c:?}")).collect();
     let accepted = console.eval_expr(
         &[],
-        &format!("[for n in range(1, 65) : alltrue([{}])]", checks.join(", ")),
+        &format!(
+            "[for candidate in [{}] : alltrue([{}])]",
+            quoted.join(", "),
+            checks.join(", ")
+        ),
     );
-    let lengths: Vec<usize> = accepted
+    accepted
         .as_array()
         .unwrap()
         .iter()
-        .enumerate()
-        .filter(|(_, ok)| ok.as_bool() == Some(true))
-        .map(|(i, _)| i + 1)
+        .map(|ok| ok.as_bool() == Some(true))
+        .collect()
+}
+
+/// The shortest and longest `name` the variable's validations accept (every length up to 64).
+fn name_lengths(files: &BTreeMap<String, Body>) -> (usize, usize) {
+    let candidates: Vec<String> = (1..=64)
+        .map(|n| format!("a{}", "b".repeat(n - 1)))
+        .collect();
+    let lengths: Vec<usize> = names_accepted(files, &candidates)
+        .into_iter()
+        .zip(&candidates)
+        .filter(|(ok, _)| *ok)
+        .map(|(_, c)| c.len())
         .collect();
     let (Some(shortest), Some(longest)) = (lengths.first(), lengths.last()) else {
         panic!("the name validation accepts no name of letters")
@@ -406,6 +425,76 @@ fn every_string_terraform_sends_to_aws_is_one_aws_accepts() {
     );
 }
 
+/// Names that begin like a prefix some AWS value may not start with (every `not_prefix` of
+/// the table: `aws:`, `sg-`, `alias/aws`, `xn--`, ...): `name` is embedded at the start of
+/// many values, so such a name could make one of them reserved.
+fn reserved_prefix_names(constraints: &Constraints) -> Vec<String> {
+    fn prefixes(spec: &Spec, constraints: &Constraints, out: &mut Vec<String>) {
+        match spec {
+            Spec::Named(name) => rule_prefixes(&constraints.table.rule[name], constraints, out),
+            Spec::Inline(rule) => rule_prefixes(rule, constraints, out),
+            Spec::All(all) => all.iter().for_each(|s| prefixes(s, constraints, out)),
+        }
+    }
+    fn rule_prefixes(rule: &Rule, constraints: &Constraints, out: &mut Vec<String>) {
+        out.extend(rule.not_prefix.iter().flatten().cloned());
+        for spec in [&rule.keys, &rule.values].into_iter().flatten() {
+            prefixes(spec, constraints, out);
+        }
+    }
+    let mut found = Vec::new();
+    for arguments in constraints.table.resource.values() {
+        for spec in arguments.values() {
+            prefixes(spec, constraints, &mut found);
+        }
+    }
+    let mut names = BTreeSet::new();
+    for prefix in found {
+        let lower = prefix.to_lowercase();
+        for run in
+            lower.split(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'))
+        {
+            if run.is_empty() {
+                continue;
+            }
+            names.insert(run.to_string());
+            names.insert(format!("{run}x"));
+            names.insert(format!("{run}-x"));
+        }
+    }
+    names.into_iter().collect()
+}
+
+#[test]
+fn no_name_the_validation_accepts_makes_a_value_start_with_a_reserved_prefix() {
+    let files = parsed_files();
+    let constraints = Constraints::load();
+    let candidates = reserved_prefix_names(&constraints);
+    assert!(
+        candidates.iter().any(|c| c == "aws") && candidates.iter().any(|c| c == "sg-x"),
+        "the table's reserved prefixes were not found: {candidates:?}"
+    );
+    let accepted: Vec<&String> = candidates
+        .iter()
+        .zip(names_accepted(&files, &candidates))
+        .filter(|(_, ok)| *ok)
+        .map(|(c, _)| c)
+        .collect();
+    let samples: Vec<Sample> = accepted
+        .iter()
+        .map(|name| Sample {
+            what: format!("everything, name = {name:?}, eu-west-1"),
+            vars: everything(name, "eu-west-1"),
+        })
+        .collect();
+    let findings = check(&files, &constraints, &samples);
+    assert!(
+        findings.problems.is_empty(),
+        "names the validation accepts ({accepted:?}) make values AWS refuses; refuse them in the name validation (variables.tf):\n{}",
+        findings.problems.join("\n")
+    );
+}
+
 /// A copy of terraform/ with `edit` applied to one file, checked with the first samples.
 fn check_mutation(file: &str, from: &str, to: &str, samples: &[Sample]) -> Vec<String> {
     let source = terraform_support::terraform_dir();
@@ -525,7 +614,7 @@ fn the_constraint_checks_follow_aws_rules() {
     let named = |name: &str| Spec::Named(name.to_string());
     let text = |s: &str| Value::String(s.to_string());
     // botocore's DLM description pattern, read from the model at test time.
-    let dlm = Spec::Inline(Box::new(terraform_support::aws_constraints::Rule {
+    let dlm = Spec::Inline(Box::new(Rule {
         botocore: Some("dlm CreateLifecyclePolicy Description".to_string()),
         ..Default::default()
     }));
