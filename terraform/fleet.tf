@@ -14,8 +14,10 @@ locals {
 
   # The load balancer's and target group's name: at most 32 letters, digits and hyphens, not
   # starting or ending with a hyphen nor starting with "internal-" (Elastic Load Balancing's
-  # rules). The fixed "app-" prefix keeps "internal-" out whatever var.name is.
-  lb_name = "app-${trim(substr(var.name, 0, 28), "-")}"
+  # rules). The fixed "app-" prefix keeps "internal-" out whatever var.name is; var.name is
+  # cut to fit, so a short hash of the whole name keeps two stacks whose names share their
+  # first 21 characters apart (names are unique per account and region).
+  lb_name = "app-${trim(substr(var.name, 0, 21), "-")}-${substr(sha256(var.name), 0, 6)}"
 
   # The tags every fleet instance (and its root volume) launches with. They are the boot
   # agent's only input, so they must be there at first boot: launch tags, not tags the group
@@ -37,7 +39,7 @@ resource "aws_launch_template" "app" {
   name                   = "${var.name}-app"
   description            = "obstack ${var.name}: the app fleet"
   image_id               = var.ami_ids["app"]
-  instance_type          = lookup(var.instance_types, "app", "t3.small")
+  instance_type          = local.instance_types["app"]
   ebs_optimized          = true
   update_default_version = true
 
@@ -141,6 +143,10 @@ resource "aws_autoscaling_group" "app" {
     propagate_at_launch = false
   }
 
+  # The instances reach the SSM endpoints from their first boot (public addresses, no NAT):
+  # the subnets route to the internet gateway before the group launches anything.
+  depends_on = [aws_route.internet, aws_route_table_association.public, aws_route_table_association.second]
+
   lifecycle {
     # Before 1.9, a variable's validation cannot see another variable: this is checked at plan.
     precondition {
@@ -172,6 +178,19 @@ resource "aws_lb" "app" {
   subnets                    = [aws_subnet.public.id, aws_subnet.second[0].id]
   drop_invalid_header_fields = true
   enable_deletion_protection = false
+
+  # An internet-facing load balancer created before its subnets route to the internet
+  # gateway fails (InvalidSubnet), and CreateLoadBalancer is not retried.
+  depends_on = [aws_route.internet, aws_route_table_association.public, aws_route_table_association.second]
+
+  lifecycle {
+    # A load balancer needs 8 free addresses in each subnet, and AWS asks for /27 or larger;
+    # the first subnet also holds the single instances and part of the fleet.
+    precondition {
+      condition     = try(tonumber(split("/", var.public_subnet_cidr)[1]) <= 27 && tonumber(split("/", var.second_public_subnet_cidr)[1]) <= 27, false)
+      error_message = "With app_fleet, public_subnet_cidr and second_public_subnet_cidr must be /27 or larger: the load balancer needs 8 free addresses in each subnet."
+    }
+  }
 }
 
 resource "aws_lb_target_group" "app" {

@@ -23,7 +23,7 @@ resource "aws_instance" "role" {
   for_each = local.instance_roles
 
   ami                    = var.ami_ids[each.key]
-  instance_type          = lookup(var.instance_types, each.key, "t3.small")
+  instance_type          = local.instance_types[each.key]
   subnet_id              = aws_subnet.public.id
   vpc_security_group_ids = [local.security_group_ids[each.key]]
   iam_instance_profile   = aws_iam_instance_profile.instance[each.key].name
@@ -60,8 +60,9 @@ resource "aws_instance" "role" {
   )
 
   # Prometheus' first discovery call must be allowed (it retries anyway, but a denied call
-  # at boot is an alert for nothing).
-  depends_on = [aws_iam_role_policy.prometheus_discovers_app]
+  # at boot is an alert for nothing). The SSM agent reaches its endpoints from the first
+  # boot (a public address, no NAT): the subnet routes to the internet gateway first.
+  depends_on = [aws_iam_role_policy.prometheus_discovers_app, aws_route.internet, aws_route_table_association.public]
 }
 
 # Peer addresses exist only after launch, so they are written as separate tags: no

@@ -56,7 +56,7 @@ resource "aws_internet_gateway" "main" {
 resource "aws_subnet" "public" {
   vpc_id            = aws_vpc.main.id
   cidr_block        = var.public_subnet_cidr
-  availability_zone = var.availability_zone
+  availability_zone = local.first_zone
   # Addresses are assigned per instance (instances.tf), never by default.
   map_public_ip_on_launch = false
 
@@ -65,10 +65,19 @@ resource "aws_subnet" "public" {
   }
 
   lifecycle {
+    # The zone is chosen once: a later change of the offerings (or of a stack created before
+    # zones were chosen here) must not replace the subnet, its instances and data volumes.
+    ignore_changes = [availability_zone]
+
     # Before 1.9, a variable's validation cannot see another variable: this is checked at plan.
     precondition {
       condition     = local.public_subnet_inside_vpc
       error_message = "public_subnet_cidr must lie inside vpc_cidr (same or longer prefix, same network bits)."
+    }
+
+    precondition {
+      condition     = local.first_zone != null && contains(local.first_subnet_zones, coalesce(local.first_zone, "-"))
+      error_message = "availability_zone must offer every instance type the stack launches there (${join(", ", distinct(values(local.instance_types)))}); zones that do: ${jsonencode(local.first_subnet_zones)}."
     }
   }
 }
@@ -92,13 +101,13 @@ resource "aws_route_table_association" "public" {
   route_table_id = aws_route_table.public.id
 }
 
-# An Application Load Balancer needs subnets in two availability zones: with the app fleet,
-# a second public subnet in another zone than the first (which the fleet spans too). Zones
-# that need opting in (Local Zones, Wavelength) are left out.
+# The subnets' zones: zones of the region that need no opting in (no Local or Wavelength
+# Zones) and offer every instance type launched there. RunInstances fails in a zone that does
+# not offer the type, and so does an Auto Scaling group's first create (it waits for its
+# capacity and gives up on a failed launch). With the app fleet, an Application Load
+# Balancer needs a second subnet in another zone, which the fleet spans too.
 data "aws_availability_zones" "available" {
-  count = var.app_fleet ? 1 : 0
-
-  #checkov:skip=CKV_AWS_394:Only used to pick one zone other than the first subnet's when the second subnet is created; the subnet ignores later changes of its zone, so a zone AWS adds never moves it.
+  #checkov:skip=CKV_AWS_394:Only used to choose the subnets' zones when they are created; the subnets ignore later changes of their zone, so a zone AWS adds never moves them.
 
   state = "available"
 
@@ -108,12 +117,48 @@ data "aws_availability_zones" "available" {
   }
 }
 
+data "aws_ec2_instance_type_offerings" "stack" {
+  location_type = "availability-zone"
+
+  filter {
+    name   = "instance-type"
+    values = sort(distinct(values(local.instance_types)))
+  }
+}
+
+locals {
+  # Each role's instance type (roles not listed in var.instance_types run t3.small).
+  instance_types = { for role in local.roles : role => lookup(var.instance_types, role, "t3.small") }
+
+  # zone => the instance types it offers (of those the stack uses).
+  types_by_zone = {
+    for i, zone in data.aws_ec2_instance_type_offerings.stack.locations :
+    zone => data.aws_ec2_instance_type_offerings.stack.instance_types[i]...
+  }
+
+  # The first subnet holds every single instance and, with the fleet, part of the app's; the
+  # second only the app fleet's. Sorted, so that the choice is stable.
+  first_subnet_zones = sort([
+    for zone in data.aws_availability_zones.available.names : zone
+    if length(setsubtract(values(local.instance_types), lookup(local.types_by_zone, zone, []))) == 0
+  ])
+  second_subnet_zones = sort([
+    for zone in data.aws_availability_zones.available.names : zone
+    if contains(lookup(local.types_by_zone, zone, []), local.instance_types["app"])
+  ])
+
+  # The operator's zones, or the first that fit (the second other than the first subnet's).
+  first_zone = var.availability_zone != null ? var.availability_zone : try(local.first_subnet_zones[0], null)
+  second_zone = (var.second_availability_zone != null ? var.second_availability_zone
+  : try([for zone in local.second_subnet_zones : zone if zone != aws_subnet.public.availability_zone][0], null))
+}
+
 resource "aws_subnet" "second" {
   count = var.app_fleet ? 1 : 0
 
   vpc_id            = aws_vpc.main.id
   cidr_block        = var.second_public_subnet_cidr
-  availability_zone = [for zone in data.aws_availability_zones.available[0].names : zone if zone != aws_subnet.public.availability_zone][0]
+  availability_zone = local.second_zone
   # Addresses are assigned per instance (the launch template), never by default.
   map_public_ip_on_launch = false
 
@@ -129,6 +174,11 @@ resource "aws_subnet" "second" {
     precondition {
       condition     = local.second_public_subnet_inside_vpc && local.public_subnets_disjoint
       error_message = "second_public_subnet_cidr must lie inside vpc_cidr and must not overlap public_subnet_cidr."
+    }
+
+    precondition {
+      condition     = local.second_zone != null && contains(local.second_subnet_zones, coalesce(local.second_zone, "-")) && local.second_zone != aws_subnet.public.availability_zone
+      error_message = "The app fleet needs a second zone, other than the first subnet's, that offers the app's instance type (${local.instance_types["app"]}): second_availability_zone may be one of ${jsonencode([for zone in local.second_subnet_zones : zone if zone != aws_subnet.public.availability_zone])}."
     }
   }
 }

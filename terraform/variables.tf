@@ -24,6 +24,13 @@ variable "name" {
     condition     = !startswith("${var.name}-", "sg-")
     error_message = "The name may not be \"sg\" or start with \"sg-\": the security groups are named \"<name>-<role>\" and EC2 refuses group names starting with sg-."
   }
+
+  # The KMS aliases are "alias/<name>" and "alias/<name>-alerts", and the provider refuses
+  # an alias starting with "alias/aws" (reserved for AWS managed keys).
+  validation {
+    condition     = !startswith(var.name, "aws")
+    error_message = "The name may not start with \"aws\": the KMS key aliases are \"alias/<name>...\" and alias/aws... is reserved for AWS managed keys."
+  }
 }
 
 variable "ami_ids" {
@@ -174,12 +181,23 @@ variable "log_retention_days" {
 
 variable "availability_zone" {
   type        = string
-  description = "Availability zone of the subnet, e.g. eu-west-1a; null lets AWS pick one."
+  description = "Availability zone of the (first) public subnet, e.g. eu-west-1a, which must offer every role's instance type (checked at plan); null picks the first zone, by name, that does. Chosen once: a later change does not move the subnet."
   default     = null
 
   validation {
     condition     = var.availability_zone == null || can(regex("^[a-z]{2}(-[a-z]+)+-[0-9][a-z]$", var.availability_zone))
     error_message = "availability_zone must be a zone name such as eu-west-1a, or null."
+  }
+}
+
+variable "second_availability_zone" {
+  type        = string
+  description = "Availability zone of the app fleet's second public subnet, e.g. eu-west-1b: another zone than the first subnet's that offers the app's instance type (checked at plan); null picks the first, by name, that does. Chosen once: a later change does not move the subnet."
+  default     = null
+
+  validation {
+    condition     = var.second_availability_zone == null || can(regex("^[a-z]{2}(-[a-z]+)+-[0-9][a-z]$", var.second_availability_zone))
+    error_message = "second_availability_zone must be a zone name such as eu-west-1b, or null."
   }
 }
 

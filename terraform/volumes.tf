@@ -67,7 +67,9 @@ resource "aws_volume_attachment" "data" {
 # Daily snapshots of every data volume of this deployment, the newest
 # var.snapshot_retention_count kept. Restoring one is in terraform/README.md.
 resource "aws_dlm_lifecycle_policy" "data" {
-  description        = "obstack ${var.name}: daily snapshots of the data volumes"
+  # DLM takes only letters, digits, spaces, hyphens and underscores here (no colon):
+  # terraform/constraints.toml, checked by xtask/tests/xtask/terraform_aws_values.rs.
+  description        = "obstack ${var.name} daily snapshots of the data volumes"
   execution_role_arn = aws_iam_role.snapshots.arn
   state              = "ENABLED"
 
@@ -107,12 +109,23 @@ resource "aws_dlm_lifecycle_policy" "data" {
 # scoped to this deployment's volumes and snapshots where EC2 allows it.
 resource "aws_iam_role" "snapshots" {
   name = "${var.name}-snapshots"
+  # Only DLM policies of this account and region may use the role (AWS's advice against the
+  # confused deputy, as for the flow-log role). The policy's id is not known before it
+  # exists (it needs this role first), hence the wildcard.
   assume_role_policy = jsonencode({
     Version = "2012-10-17"
     Statement = [{
       Effect    = "Allow"
       Principal = { Service = "dlm.amazonaws.com" }
       Action    = "sts:AssumeRole"
+      Condition = {
+        StringEquals = {
+          "aws:SourceAccount" = data.aws_caller_identity.current.account_id
+        }
+        ArnLike = {
+          "aws:SourceArn" = "arn:${data.aws_partition.current.partition}:dlm:${var.region}:${data.aws_caller_identity.current.account_id}:policy/*"
+        }
+      }
     }]
   })
 }
@@ -141,10 +154,15 @@ resource "aws_iam_role_policy" "snapshots" {
         )
       },
       {
+        # Tags only as part of creating a snapshot: never on an existing one, which could
+        # otherwise be given this policy's tag (another stack's) and then be deleted below.
         Sid      = "TagTheSnapshots"
         Effect   = "Allow"
         Action   = ["ec2:CreateTags"]
         Resource = "arn:${data.aws_partition.current.partition}:ec2:${var.region}::snapshot/*"
+        Condition = {
+          StringEquals = { "ec2:CreateAction" = "CreateSnapshot" }
+        }
       },
       {
         # Only the snapshots this policy made (they carry its tag) may be deleted.

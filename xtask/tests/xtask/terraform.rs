@@ -662,6 +662,43 @@ fn the_flow_log_role_has_the_documented_permissions_and_trusts_only_this_account
 }
 
 #[test]
+fn every_role_a_service_assumes_is_limited_to_this_accounts_resources() {
+    // The confused deputy: a role any instance of the service may assume (another account's
+    // DLM policy, flow log, ...) unless the trust policy names this account and its resources
+    // (IAM User Guide, "The confused deputy problem"). EC2 passes neither key when it
+    // assumes an instance profile's role, so instance roles are the exception.
+    let files = parsed_files();
+    let mut checked = Vec::new();
+    let mut problems = Vec::new();
+    for role in resources(&files, "aws_iam_role") {
+        let trust = policy_document(role.body(), "assume_role_policy").unwrap();
+        for statement in statements(&trust) {
+            let services = string_list(&statement["Principal"]["Service"]);
+            if services.is_empty() || services.iter().all(|s| s == "ec2.amazonaws.com") {
+                continue;
+            }
+            checked.push(address(role));
+            let conditions = statement["Condition"].as_object();
+            for key in ["aws:SourceAccount", "aws:SourceArn"] {
+                if !conditions.is_some_and(|c| c.values().any(|op| !op[key].is_null())) {
+                    problems.push(format!(
+                        "{} trusts {services:?} without a {key} condition",
+                        address(role)
+                    ));
+                }
+            }
+        }
+    }
+    for expected in ["aws_iam_role.flow_logs", "aws_iam_role.snapshots"] {
+        assert!(
+            checked.iter().any(|c| c == expected),
+            "{expected} not found among the service roles: {checked:?}"
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
 fn what_needs_a_permission_waits_for_it() {
     let files = parsed_files();
     let policies: Vec<(String, String, String)> = resources(&files, "aws_iam_role_policy")

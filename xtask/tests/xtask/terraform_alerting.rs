@@ -5,7 +5,7 @@
 
 use crate::terraform_support;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use terraform_support::{
     address, attr, depends_on, iam_action_matches, parsed_files, policy_document, resource,
     resources, statements, string_list, variable, Console,
@@ -131,6 +131,69 @@ fn the_topic_policy_lets_only_the_prometheus_role_publish_over_tls() {
             "an Allow to everyone: {statement:#}"
         );
     }
+}
+
+/// The actions a topic policy may name (Amazon SNS Developer Guide, "Amazon SNS API
+/// permissions: Actions and resources reference", Valid Amazon SNS policy actions).
+const SNS_TOPIC_POLICY_ACTIONS: [&str; 11] = [
+    "sns:AddPermission",
+    "sns:DeleteTopic",
+    "sns:GetDataProtectionPolicy",
+    "sns:GetTopicAttributes",
+    "sns:ListSubscriptionsByTopic",
+    "sns:ListTagsForResource",
+    "sns:Publish",
+    "sns:PutDataProtectionPolicy",
+    "sns:RemovePermission",
+    "sns:SetTopicAttributes",
+    "sns:Subscribe",
+];
+
+#[test]
+fn the_topic_policy_names_only_actions_sns_takes_and_denies_publishing_without_tls_as_documented() {
+    let files = parsed_files();
+    let policy = resource(&files, "aws_sns_topic_policy", "alerts");
+    let document = policy_document(policy.body(), "policy").unwrap();
+    let mut problems = Vec::new();
+    for statement in statements(&document) {
+        for action in string_list(&statement["Action"]) {
+            if !SNS_TOPIC_POLICY_ACTIONS
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&action))
+            {
+                problems.push(format!(
+                    "{}: {action} is not an action SNS takes in a topic policy (one of {SNS_TOPIC_POLICY_ACTIONS:?})",
+                    statement["Sid"]
+                ));
+            }
+        }
+        // A topic policy covers its own topic only.
+        assert_eq!(
+            string_list(&statement["Resource"]),
+            [TOPIC_ARN],
+            "{statement:#}"
+        );
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // SNS's own statement ("Enforce encryption of data in transit"): anyone's SNS:Publish
+    // without TLS is denied.
+    let documented = json!({
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "SNS:Publish",
+        "Resource": TOPIC_ARN,
+        "Condition": { "Bool": { "aws:SecureTransport": "false" } },
+    });
+    let tls = statements(&document)
+        .into_iter()
+        .find(|s| !s["Condition"]["Bool"]["aws:SecureTransport"].is_null())
+        .expect("no statement on aws:SecureTransport");
+    let mut without_sid = tls.clone();
+    without_sid.as_object_mut().unwrap().remove("Sid");
+    assert_eq!(
+        without_sid, documented,
+        "the TLS statement is not SNS's documented one"
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hcl::{Block, Body, Expression};
 use serde_json::{json, Value};
+use terraform_support::offline_plan::OfflinePlan;
 use terraform_support::{
     address, allow_statements, attr, block, iam_action_matches, instance_count_expr, local_expr,
     parsed_files, replace_reference, resource, resources, string_list, top_blocks, variable,
@@ -71,8 +72,9 @@ fn instances(console: &Console, vars: &[(&str, &str)], resource: &Block) -> u64 
         .unwrap_or_else(|| panic!("{}: {expr} is not a number", address(resource)))
 }
 
-/// Every resource and data source of fleet.tf, the second subnet and its zone lookup, and
-/// the Prometheus discovery permission: what exists only with the fleet.
+/// Every resource and data source of fleet.tf, the second subnet, and the Prometheus
+/// discovery permission: what exists only with the fleet. (The zone lookups serve the first
+/// subnet too.)
 fn fleet_only(files: &BTreeMap<String, Body>) -> Vec<&Block> {
     let mut found: Vec<&Block> = files["fleet.tf"]
         .blocks()
@@ -85,11 +87,6 @@ fn fleet_only(files: &BTreeMap<String, Body>) -> Vec<&Block> {
         "aws_iam_role_policy",
         "prometheus_discovers_app",
     ));
-    found.extend(
-        top_blocks(files, "data")
-            .into_iter()
-            .filter(|d| d.labels()[0].as_str() == "aws_availability_zones"),
-    );
     found
 }
 
@@ -578,6 +575,66 @@ fn the_load_balancer_name_is_valid_for_every_valid_deployment_name() {
 }
 
 #[test]
+fn two_stacks_never_get_the_same_load_balancer_or_target_group_name() {
+    // Names are unique per account and region: two stacks whose names share the part that
+    // fits must still differ. Pairs that share their first 21, 28 and 30 characters, and
+    // names that differ only in hyphens.
+    let files = parsed_files();
+    let console = Console::new(&files);
+    let long = |tail: &str| format!("{}{tail}", "a".repeat(31 - tail.len()));
+    let names: Vec<String> = [
+        long("b"),
+        long("c"),
+        long("bc"),
+        long("de"),
+        long("xyzw"),
+        long("xyzv"),
+        long("1234567890"),
+        long("1234567891"),
+        "ab".to_string(),
+        "ab-".to_string(),
+        "a-b".to_string(),
+        "ab--".to_string(),
+        "obstack".to_string(),
+        "obstack-staging".to_string(),
+        "obstack-staging-".to_string(),
+    ]
+    .into_iter()
+    .filter(|n| console.accepts("name", n))
+    .collect();
+    assert!(
+        names.len() >= 12,
+        "the name validation refused the samples: {names:?}"
+    );
+    let lb_name = local_expr(&files, "lb_name");
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    let made = console.eval_expr(
+        &[],
+        &format!(
+            "[for stack in [{}] : {}]",
+            quoted.join(", "),
+            replace_reference(&lb_name, "var.name", "stack")
+        ),
+    );
+    let made: Vec<&str> = made
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let mut by_lb_name: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
+    for (name, lb) in names.iter().zip(&made) {
+        assert_eq!(elb_name_problem(lb), None, "name = {name:?} makes {lb:?}");
+        by_lb_name.entry(lb).or_default().push(name);
+    }
+    let clashes: Vec<_> = by_lb_name.iter().filter(|(_, n)| n.len() > 1).collect();
+    assert!(
+        clashes.is_empty(),
+        "stacks with different names get the same load balancer and target group name: {clashes:?}"
+    );
+}
+
+#[test]
 fn only_allowed_web_cidrs_reach_the_load_balancer_and_only_it_reaches_the_app_port() {
     let files = parsed_files();
     let console = Console::new(&files);
@@ -907,40 +964,22 @@ fn the_single_instance_layout_is_unchanged_without_the_fleet() {
     );
 }
 
+/// The preconditions plan would stop at with `vars` (every resource's, evaluated offline).
+fn plan_stops(plan: &OfflinePlan, vars: &[(&str, &str)]) -> Vec<String> {
+    plan.failed_preconditions(vars)
+}
+
 #[test]
 fn the_second_subnet_lies_in_the_vpc_apart_from_the_first_and_in_another_zone() {
     let files = parsed_files();
-    let console = Console::new(&files);
-    let subnet = resource(&files, "aws_subnet", "second");
-    let conditions = preconditions(subnet);
-    assert!(
-        !conditions.is_empty(),
-        "no precondition on the second subnet"
-    );
+    let plan = terraform_support::offline_plan(&files);
     let plan_accepts = |vpc: &str, first: &str, second: &str| -> bool {
         let vars = with(&[
             ("vpc_cidr", vpc),
             ("public_subnet_cidr", first),
             ("second_public_subnet_cidr", second),
         ]);
-        let evaluation = console.run(
-            &vars,
-            &format!(
-                "[{}]",
-                conditions
-                    .iter()
-                    .map(|c| format!("try(({c}) == true, false)"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        );
-        evaluation.assert_no_other_error();
-        evaluation.refused.is_empty()
-            && evaluation
-                .value
-                .as_ref()
-                .and_then(Value::as_array)
-                .is_some_and(|v| v.iter().all(|b| b == &json!(true)))
+        plan_stops(&plan, &vars).is_empty()
     };
     for (vpc, first, second) in [
         ("10.42.0.0/16", "10.42.1.0/24", "10.42.2.0/24"),
@@ -949,7 +988,15 @@ fn the_second_subnet_lies_in_the_vpc_apart_from_the_first_and_in_another_zone() 
     ] {
         assert!(
             plan_accepts(vpc, first, second),
-            "{second} next to {first} in {vpc} is refused"
+            "{second} next to {first} in {vpc} is refused: {:?}",
+            plan_stops(
+                &plan,
+                &with(&[
+                    ("vpc_cidr", vpc),
+                    ("public_subnet_cidr", first),
+                    ("second_public_subnet_cidr", second)
+                ])
+            )
         );
     }
     for (vpc, first, second) in [
@@ -964,18 +1011,14 @@ fn the_second_subnet_lies_in_the_vpc_apart_from_the_first_and_in_another_zone() 
             "{second} next to {first} in {vpc} passes, but CreateSubnet refuses an overlapping or outside block"
         );
     }
-    let zone = replace_reference(
-        &replace_reference(
-            &text(attr(subnet.body(), "availability_zone")),
-            "data.aws_availability_zones.available",
-            r#"[{names=["eu-west-1a","eu-west-1b","eu-west-1c"]}]"#,
-        ),
-        "aws_subnet.public",
-        r#"{availability_zone="eu-west-1a"}"#,
+    // A load balancer needs two zones: the second subnet's differs from the first's.
+    let zones = plan.eval(
+        &with(&[]),
+        "[aws_subnet.public.availability_zone, aws_subnet.second[0].availability_zone]",
     );
     assert_eq!(
-        console.eval_expr(&with(&[]), &zone),
-        json!("eu-west-1b"),
+        zones,
+        json!(["eu-west-1a", "eu-west-1b"]),
         "a load balancer needs two zones"
     );
     let cidr = variable(&files, "second_public_subnet_cidr");
@@ -983,5 +1026,161 @@ fn the_second_subnet_lies_in_the_vpc_apart_from_the_first_and_in_another_zone() 
         text(attr(cidr.body(), "default")),
         "\"10.42.2.0/24\"",
         "inside the default VPC, apart from the default first subnet"
+    );
+}
+
+#[test]
+fn with_the_fleet_both_public_subnets_are_at_least_27_for_the_load_balancer() {
+    let files = parsed_files();
+    let plan = terraform_support::offline_plan(&files);
+    let stops = |fleet: &str, first: &str, second: &str| {
+        plan_stops(
+            &plan,
+            &with(&[
+                ("app_fleet", fleet),
+                ("public_subnet_cidr", first),
+                ("second_public_subnet_cidr", second),
+            ]),
+        )
+    };
+    // An Application Load Balancer needs 8 free addresses in each subnet; AWS asks for /27.
+    assert_eq!(
+        stops("true", "10.42.1.0/27", "10.42.2.0/27"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        stops("true", "10.42.1.0/24", "10.42.2.0/24"),
+        Vec::<String>::new()
+    );
+    for (first, second) in [
+        ("10.42.1.0/28", "10.42.2.0/24"),
+        ("10.42.1.0/24", "10.42.2.0/28"),
+        ("10.42.1.0/28", "10.42.2.0/28"),
+    ] {
+        let stopped = stops("true", first, second);
+        assert!(
+            stopped.iter().any(|m| m.starts_with("aws_lb.app") && m.contains("/27")),
+            "with the fleet, subnets {first} and {second} pass plan, but a load balancer needs /27 or larger: {stopped:?}"
+        );
+    }
+    // Without the fleet there is no load balancer: a /28 holds the three instances.
+    assert_eq!(
+        stops("false", "10.42.1.0/28", "10.42.2.0/28"),
+        Vec::<String>::new()
+    );
+}
+
+/// The offline plan with `offered` as the zones' instance type offerings (zone => types),
+/// every zone of the region available.
+fn plan_with_offerings<'a>(
+    files: &'a BTreeMap<String, Body>,
+    offered: &[(&str, &[&str])],
+) -> OfflinePlan<'a> {
+    let mut returned = terraform_support::aws_constraints::Constraints::load()
+        .table
+        .returned;
+    let pairs: Vec<(String, String)> = offered
+        .iter()
+        .flat_map(|(zone, types)| types.iter().map(move |t| (zone.to_string(), t.to_string())))
+        .collect();
+    let offerings = returned
+        .get_mut("data.aws_ec2_instance_type_offerings")
+        .expect(
+            "[returned.\"data.aws_ec2_instance_type_offerings\"] in terraform/constraints.toml",
+        );
+    offerings.insert(
+        "locations".to_string(),
+        serde_json::to_string(&pairs.iter().map(|(z, _)| z).collect::<Vec<_>>()).unwrap(),
+    );
+    offerings.insert(
+        "instance_types".to_string(),
+        serde_json::to_string(&pairs.iter().map(|(_, t)| t).collect::<Vec<_>>()).unwrap(),
+    );
+    OfflinePlan::new(files, &returned)
+}
+
+#[test]
+fn the_subnets_zones_offer_the_instance_types_they_launch() {
+    let files = parsed_files();
+    assert!(
+        top_blocks(&files, "data")
+            .iter()
+            .any(|d| d.labels()[0].as_str() == "aws_ec2_instance_type_offerings"),
+        "no aws_ec2_instance_type_offerings: the zones are chosen without asking whether they offer the instance types"
+    );
+    // eu-west-1a lacks the app's type, eu-west-1b lacks Prometheus', eu-west-1c offers both.
+    let types = r#"{app="c7g.medium",prometheus="m7i.large"}"#;
+    let plan = plan_with_offerings(
+        &files,
+        &[
+            ("eu-west-1a", &["t3.small", "m7i.large"]),
+            ("eu-west-1b", &["t3.small", "c7g.medium"]),
+            ("eu-west-1c", &["t3.small", "c7g.medium", "m7i.large"]),
+        ],
+    );
+    let zones = |extra: &[(&str, &str)]| {
+        let vars = with(&[&[("instance_types", types)][..], extra].concat());
+        (
+            plan_stops(&plan, &vars),
+            plan.eval(
+                &vars,
+                "[aws_subnet.public.availability_zone, try(aws_subnet.second[0].availability_zone, null)]",
+            ),
+        )
+    };
+    // Chosen: the first subnet (every role) in the only zone offering every type; the second
+    // (the app fleet) in another zone that offers the app's.
+    let (stopped, chosen) = zones(&[]);
+    assert_eq!(stopped, Vec::<String>::new());
+    assert_eq!(chosen, json!(["eu-west-1c", "eu-west-1b"]));
+    // Named, and offering them: used as named.
+    let (stopped, chosen) = zones(&[
+        ("availability_zone", "eu-west-1c"),
+        ("second_availability_zone", "eu-west-1b"),
+    ]);
+    assert_eq!(stopped, Vec::<String>::new());
+    assert_eq!(chosen, json!(["eu-west-1c", "eu-west-1b"]));
+    // Named, and lacking a type, or the same zone twice: plan stops, naming the zones that fit.
+    for (first, second, stopping) in [
+        ("eu-west-1a", "eu-west-1b", "aws_subnet.public"), // 1a lacks the app's type
+        ("eu-west-1c", "eu-west-1a", "aws_subnet.second"), // 1a lacks the app's type
+        ("eu-west-1c", "eu-west-1c", "aws_subnet.second"), // one zone for both
+    ] {
+        let (stopped, _) = zones(&[
+            ("availability_zone", first),
+            ("second_availability_zone", second),
+        ]);
+        assert!(
+            stopped.iter().any(|m| m.starts_with(stopping) && m.contains("eu-west-1")),
+            "zones {first} and {second}: plan would go on, but the launches would fail ({stopped:?})"
+        );
+    }
+    // No zone offers every type: plan stops instead of letting AWS pick one.
+    let plan = plan_with_offerings(
+        &files,
+        &[
+            ("eu-west-1a", &["t3.small", "m7i.large"]),
+            ("eu-west-1b", &["t3.small", "c7g.medium"]),
+        ],
+    );
+    let stopped = plan_stops(&plan, &with(&[("instance_types", types)]));
+    assert!(
+        stopped.iter().any(|m| m.starts_with("aws_subnet.public")),
+        "no zone offers every type, yet plan goes on: {stopped:?}"
+    );
+    // Without the fleet only the first subnet needs a zone; one zone offering all is enough.
+    let plan = plan_with_offerings(
+        &files,
+        &[("eu-west-1c", &["t3.small", "c7g.medium", "m7i.large"])],
+    );
+    let stopped = plan_stops(
+        &plan,
+        &with(&[("instance_types", types), ("app_fleet", "false")]),
+    );
+    assert_eq!(stopped, Vec::<String>::new());
+    let stopped = plan_stops(&plan, &with(&[("instance_types", types)]));
+    assert!(
+        stopped.iter().any(|m| m.starts_with("aws_subnet.second")),
+        "the fleet needs a second zone offering the app's type, yet plan goes on: {stopped:?}"
     );
 }

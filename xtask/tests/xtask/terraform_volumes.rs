@@ -455,3 +455,31 @@ fn the_snapshot_role_trusts_only_dlm_and_holds_only_snapshot_actions_on_this_sta
         );
     }
 }
+
+#[test]
+fn the_snapshot_role_tags_only_the_snapshots_it_creates() {
+    // Without the condition the role could tag any snapshot of the account with this
+    // policy's tag, then delete it (ExpireOwnSnapshots deletes by that tag).
+    let files = parsed_files();
+    let policy = resource(&files, "aws_iam_role_policy", "snapshots");
+    let document = policy_document(policy.body(), "policy").expect("policy");
+    let tagging: Vec<&serde_json::Value> = statements(&document)
+        .into_iter()
+        .filter(|s| {
+            string_list(&s["Action"])
+                .iter()
+                .any(|a| iam_action_matches(a, "ec2:CreateTags"))
+        })
+        .collect();
+    assert!(
+        !tagging.is_empty(),
+        "the snapshot role cannot tag its snapshots"
+    );
+    for statement in tagging {
+        assert_eq!(
+            statement["Condition"]["StringEquals"]["ec2:CreateAction"],
+            json!("CreateSnapshot"),
+            "ec2:CreateTags only as part of CreateSnapshot: {statement:#}"
+        );
+    }
+}

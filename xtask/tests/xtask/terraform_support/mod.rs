@@ -12,6 +12,15 @@
 //! check that they fail on an older version of the configuration).
 #![allow(dead_code)]
 
+pub mod aws_constraints;
+pub mod offline_plan;
+
+/// The configuration evaluated offline, with the stand-ins of terraform/constraints.toml for
+/// what AWS returns.
+pub fn offline_plan(files: &BTreeMap<String, Body>) -> offline_plan::OfflinePlan<'_> {
+    offline_plan::OfflinePlan::new(files, &aws_constraints::Constraints::load().table.returned)
+}
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,10 +38,14 @@ pub fn terraform_dir() -> PathBuf {
 
 /// Every `.tf` file, parsed, by file name.
 pub fn parsed_files() -> BTreeMap<String, Body> {
-    let dir = terraform_dir();
+    parsed_files_in(&terraform_dir())
+}
+
+/// Every `.tf` file of `dir`, parsed, by file name.
+pub fn parsed_files_in(dir: &Path) -> BTreeMap<String, Body> {
     let mut files = BTreeMap::new();
     for entry in
-        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
     {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "tf") {
@@ -251,6 +264,14 @@ pub struct Console {
 
 impl Console {
     pub fn new(files: &BTreeMap<String, Body>) -> Console {
+        let mut console = Console::variables_only(files);
+        console.locals = console.write_provider_free_locals(files);
+        console
+    }
+
+    /// A console over the configuration's variables alone; its caller writes the rest
+    /// (offline_plan.rs writes every local and a stand-in for every resource).
+    pub fn variables_only(files: &BTreeMap<String, Body>) -> Console {
         let terraform = testkit::require_tool("terraform");
         let dir = tempfile::tempdir().unwrap();
 
@@ -267,7 +288,16 @@ impl Console {
             hcl::to_string(&declared.build()).unwrap(),
         )
         .unwrap();
+        Console {
+            terraform,
+            dir,
+            variables,
+            locals: BTreeSet::new(),
+        }
+    }
 
+    /// Writes the locals that need no provider into the console's directory; their names.
+    fn write_provider_free_locals(&self, files: &BTreeMap<String, Body>) -> BTreeSet<String> {
         // Locals that need no provider: no resource, data source or module in them, and no
         // local that does (repeated until nothing more is dropped).
         let resource_types: BTreeSet<&str> = top_blocks(files, "resource")
@@ -315,17 +345,11 @@ impl Console {
         }
         locals_body = locals_body.add_block(locals_block.build());
         std::fs::write(
-            dir.path().join("locals.tf"),
+            self.dir().join("locals.tf"),
             hcl::to_string(&locals_body.build()).unwrap(),
         )
         .unwrap();
-
-        Console {
-            terraform,
-            dir,
-            variables,
-            locals: candidates.into_keys().collect(),
-        }
+        candidates.into_keys().collect()
     }
 
     pub fn dir(&self) -> &Path {
