@@ -1,10 +1,21 @@
 # Where alerts reach a person. Alertmanager runs on the Prometheus instance and pages through
-# this SNS topic (its ARN is a tag; Alertmanager signs each Publish with the instance role);
-# an optional Slack-style webhook's URL is an SSM SecureString the operator creates, named
-# by a tag, so the URL is in no tag, no log, no image and not in Terraform's state.
+# this SNS topic (its ARN is a tag; Alertmanager signs each Publish with the instance role).
+# Two optional webhooks, a Slack incoming webhook and a generic JSON one, each have their URL
+# in an SSM SecureString the operator creates, named by a tag, so no URL is in a tag, a log,
+# an image or Terraform's state.
 
 locals {
-  alert_webhook_parameter_arn = var.alert_webhook_url_parameter == null ? null : "arn:${data.aws_partition.current.partition}:ssm:${var.region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(var.alert_webhook_url_parameter, "/")}"
+  # The webhook URLs' parameters the operator named, by the tag that names each.
+  alert_url_parameters = {
+    for tag, name in {
+      "obstack:alert-slack-url-param"   = var.alert_slack_webhook_url_parameter
+      "obstack:alert-webhook-url-param" = var.alert_webhook_url_parameter
+    } : tag => name if name != null
+  }
+  alert_url_parameter_arns = [
+    for name in values(local.alert_url_parameters) :
+    "arn:${data.aws_partition.current.partition}:ssm:${var.region}:${data.aws_caller_identity.current.account_id}:parameter/${trimprefix(name, "/")}"
+  ]
 }
 
 # The topic's own key: only the account administers it, and only the Prometheus role may
@@ -131,13 +142,13 @@ resource "aws_iam_role_policy" "prometheus_publishes_alerts" {
   })
 }
 
-# The webhook URL's parameter, when there is one: Prometheus reads exactly it, and decrypts
-# it with the stack's key only through SSM, in that parameter's encryption context (a
-# parameter under aws/ssm needs no key grant).
-resource "aws_iam_role_policy" "prometheus_reads_alert_webhook" {
-  count = var.alert_webhook_url_parameter == null ? 0 : 1
+# The webhook URLs' parameters, when there are any: Prometheus reads exactly those, and
+# decrypts them with the stack's key only through SSM, in those parameters' encryption
+# context (a parameter under aws/ssm needs no key grant).
+resource "aws_iam_role_policy" "prometheus_reads_alert_urls" {
+  count = length(local.alert_url_parameters) == 0 ? 0 : 1
 
-  name = "read-alert-webhook-url"
+  name = "read-alert-webhook-urls"
   role = aws_iam_role.instance["prometheus"].id
   policy = jsonencode({
     Version = "2012-10-17"
@@ -145,7 +156,7 @@ resource "aws_iam_role_policy" "prometheus_reads_alert_webhook" {
       {
         Effect   = "Allow"
         Action   = ["ssm:GetParameter"]
-        Resource = local.alert_webhook_parameter_arn
+        Resource = local.alert_url_parameter_arns
       },
       {
         Effect   = "Allow"
@@ -154,12 +165,17 @@ resource "aws_iam_role_policy" "prometheus_reads_alert_webhook" {
         Condition = {
           StringEquals = {
             "kms:ViaService"                      = "ssm.${var.region}.${data.aws_partition.current.dns_suffix}"
-            "kms:EncryptionContext:PARAMETER_ARN" = local.alert_webhook_parameter_arn
+            "kms:EncryptionContext:PARAMETER_ARN" = local.alert_url_parameter_arns
           }
         }
       },
     ]
   })
+}
+
+moved {
+  from = aws_iam_role_policy.prometheus_reads_alert_webhook
+  to   = aws_iam_role_policy.prometheus_reads_alert_urls
 }
 
 # The agent renders Alertmanager's SNS receiver as soon as this tag appears: it waits for
@@ -172,14 +188,28 @@ resource "aws_ec2_tag" "alert_sns_topic_arn" {
   depends_on = [aws_iam_role_policy.prometheus_publishes_alerts, aws_sns_topic_policy.alerts]
 }
 
-resource "aws_ec2_tag" "alert_webhook_url_param" {
-  count = var.alert_webhook_url_parameter == null ? 0 : 1
+# Each webhook's tag names its parameter; the agent reads the parameter as soon as the tag
+# appears, so the tag waits for the permission.
+resource "aws_ec2_tag" "alert_url_param" {
+  for_each = local.alert_url_parameters
 
   resource_id = aws_instance.role["prometheus"].id
-  key         = "obstack:alert-webhook-url-param"
-  value       = var.alert_webhook_url_parameter
+  key         = each.key
+  value       = each.value
 
-  depends_on = [aws_iam_role_policy.prometheus_reads_alert_webhook]
+  depends_on = [aws_iam_role_policy.prometheus_reads_alert_urls]
+}
+
+moved {
+  from = aws_ec2_tag.alert_webhook_url_param[0]
+  to   = aws_ec2_tag.alert_url_param["obstack:alert-webhook-url-param"]
+}
+
+# What alert notifications link to: where people open Grafana.
+resource "aws_ec2_tag" "grafana_url" {
+  resource_id = aws_instance.role["prometheus"].id
+  key         = "obstack:grafana-url"
+  value       = coalesce(var.alert_grafana_url, "http://${aws_instance.role["grafana"].public_ip}:3000")
 }
 
 # Operators reach Alertmanager's UI only when asked for (Grafana's flow is in security.tf).

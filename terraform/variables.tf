@@ -242,14 +242,48 @@ variable "alert_email" {
   }
 }
 
+variable "alert_slack_webhook_url_parameter" {
+  type        = string
+  description = "Name of an SSM SecureString (created by you, encrypted with aws/ssm or the stack's key alias/<name>) holding a Slack incoming-webhook URL (https://hooks.slack.com/services/...): alerts are posted as Slack messages naming the alert, severity, instance and summary. Null for none."
+  default     = null
+
+  validation {
+    condition     = var.alert_slack_webhook_url_parameter == null || can(regex("^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", var.alert_slack_webhook_url_parameter))
+    error_message = "alert_slack_webhook_url_parameter must be an SSM parameter name (letters, digits, _ . - and /), or null; the URL itself goes into the parameter."
+  }
+}
+
 variable "alert_webhook_url_parameter" {
   type        = string
-  description = "Name of an SSM SecureString (created by you, encrypted with aws/ssm or the stack's key alias/<name>) holding a webhook URL Alertmanager posts alerts to, or null for none."
+  description = "Name of an SSM SecureString (created by you, encrypted with aws/ssm or the stack's key alias/<name>) holding the URL of a service that takes Alertmanager's webhook JSON (your own, or a PagerDuty-style bridge); not a Slack URL, which goes in alert_slack_webhook_url_parameter. Null for none."
   default     = null
 
   validation {
     condition     = var.alert_webhook_url_parameter == null || can(regex("^/?[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", var.alert_webhook_url_parameter))
-    error_message = "alert_webhook_url_parameter must be an SSM parameter name (letters, digits, _ . - and /), or null."
+    error_message = "alert_webhook_url_parameter must be an SSM parameter name (letters, digits, _ . - and /), or null; the URL itself goes into the parameter."
+  }
+}
+
+# Tagged on Prometheus as obstack:grafana-url; the agent refuses what these refuse
+# (images/agent/src/value.rs, parse_web_url), so a value that passes here renders.
+variable "alert_grafana_url" {
+  type        = string
+  description = "The address people open Grafana at (e.g. https://grafana.example.com), which alert notifications link to; null: Grafana's public address (the urls output's)."
+  default     = null
+
+  validation {
+    condition     = var.alert_grafana_url == null || (length(coalesce(var.alert_grafana_url, "-")) <= 256 && can(regex("^https?://([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$", coalesce(var.alert_grafana_url, "-"))))
+    error_message = "alert_grafana_url must be an http:// or https:// address (a host name or IPv4 address, an optional port, a plain path of letters, digits and . _ ~ / -, no query), at most 256 characters, or null."
+  }
+
+  validation {
+    condition     = alltrue([for port in regexall("^https?://[^/:]+:([0-9]+)", coalesce(var.alert_grafana_url, "-")) : tonumber(port[0]) >= 1 && tonumber(port[0]) <= 65535])
+    error_message = "alert_grafana_url has a port outside 1-65535."
+  }
+
+  validation {
+    condition     = alltrue([for host in regexall("^https?://([0-9.]+)(:|/|$)", coalesce(var.alert_grafana_url, "-")) : can(cidrhost("${host[0]}/32", 0))])
+    error_message = "alert_grafana_url's host is all digits but not an IPv4 address."
   }
 }
 

@@ -34,6 +34,8 @@ provider "aws" {
       "obstack:grafana-admin-password-param",
       "obstack:alert-sns-topic-arn",
       "obstack:alert-webhook-url-param",
+      "obstack:alert-slack-url-param",
+      "obstack:grafana-url",
       "obstack:loki-s3-bucket",
       "obstack:loki-s3-region",
       "obstack:loki-s3-from",

@@ -3,7 +3,7 @@
 //!
 //! One module per command (`bake`, `deploy`, `images`, `prune`, `pin`, `up`, `bench`), the
 //! role registry (`roles`), wrappers for AWS (`ami`), Packer (`packer`) and processes
-//! (`cmd`), and small shared helpers (`table`, `atomic`, `report`, `moto`).
+//! (`cmd`), and small shared helpers (`table`, `atomic`, `report`, `moto`, `slack`).
 
 pub mod ami;
 pub mod atomic;
@@ -24,6 +24,7 @@ pub mod prune;
 pub mod release;
 pub mod report;
 pub mod roles;
+pub mod slack;
 pub mod table;
 pub mod up;
 pub mod verify;

@@ -208,8 +208,6 @@ struct RoleFile {
     _secrets: serde::de::IgnoredAny,
     #[serde(default, rename = "generated")]
     _generated: serde::de::IgnoredAny,
-    #[serde(default, rename = "secret_values")]
-    _secret_values: serde::de::IgnoredAny,
 }
 
 #[derive(Deserialize)]

@@ -32,7 +32,7 @@ use layout::Layout;
 use state::{Running, StackState, Unavailable};
 use supervisor::Target;
 
-/// The service whose webhook `up` receives.
+/// The service whose Slack messages `up` receives.
 const ALERTMANAGER: &str = "alertmanager";
 
 pub fn run_up(args: UpArgs) -> anyhow::Result<()> {
@@ -60,15 +60,16 @@ pub fn run_up(args: UpArgs) -> anyhow::Result<()> {
     build_workspace_binaries(&mut planned)?;
 
     let running: BTreeSet<&str> = planned.iter().map(|(c, _)| c.name()).collect();
-    // Alertmanager posts to a receiver in this process, so only while `up` stays in the
-    // foreground; a detached stack keeps its alerts in Alertmanager's UI.
+    // Alertmanager posts to a receiver in this process (a stand-in for a Slack incoming
+    // webhook), so only while `up` stays in the foreground; a detached stack keeps its alerts
+    // in Alertmanager's UI.
     let alert_receiver = if running.contains(ALERTMANAGER) && !args.detach {
         Some(receiver::Receiver::start(layout.log("alert-receiver"))?)
     } else {
         None
     };
-    let webhook = alert_receiver.as_ref().map(receiver::Receiver::url);
-    render::render_roles(&layout, &registry, &running, webhook)?;
+    let slack = alert_receiver.as_ref().map(receiver::Receiver::url);
+    render::render_roles(&layout, &registry, &running, slack)?;
 
     let interrupted = Arc::new(AtomicBool::new(false));
     let flag = interrupted.clone();
@@ -93,9 +94,10 @@ pub fn run_up(args: UpArgs) -> anyhow::Result<()> {
         return Err(error);
     }
     print_summary(&planned, &left_out, &layout, manifest.as_ref());
-    if let Some(url) = webhook {
+    if let Some(url) = slack {
         println!(
-            "Alertmanager posts alerts to {url}; each one is printed here and in {}",
+            "Alertmanager posts alerts to {url}, a stand-in for a Slack incoming webhook; each \
+             message is printed here as Slack would show it, and in {}",
             layout.log("alert-receiver").display()
         );
     }

@@ -20,7 +20,6 @@ use crate::secrets;
 use crate::source::{TagReader, TagSource};
 use crate::spec::{rooted, RoleSpec};
 use crate::tags;
-use crate::value::SecretText;
 use crate::write::{self, Ownership, WriteOutcome};
 
 /// What the agent renders, from where, to where.
@@ -47,11 +46,6 @@ pub struct WaitPolicy {
     pub max_delay: Duration,
 }
 
-/// What templates see for a tagged secret value in dry-run, where nothing is fetched. It
-/// is a URL like the real ones, so the file still renders, and is kept out of the output
-/// like them.
-const DRY_RUN_SECRET_VALUE: &str = "https://dry-run.invalid/secret-value-not-fetched";
-
 /// Everything one poll would write.
 struct Plan {
     files: Vec<RenderedFile>,
@@ -59,6 +53,8 @@ struct Plan {
     warnings: Vec<(PathBuf, String)>,
     /// In dry-run, secrets are not fetched: (output path, parameter name).
     unfetched_secrets: Vec<(PathBuf, String)>,
+    /// Optional secret files whose tag is gone: (path, services), removed by `apply`.
+    orphaned_secrets: Vec<(PathBuf, Vec<String>)>,
 }
 
 pub struct Agent {
@@ -141,7 +137,7 @@ impl Agent {
     async fn plan(&self) -> Result<Plan, AgentError> {
         let tags = self.reader.read().await?;
         let instance_id = self.reader.instance_id().await?;
-        let mut context = match context::build(&self.spec, &tags, &self.root, &instance_id) {
+        let context = match context::build(&self.spec, &tags, &self.root, &instance_id) {
             // Report every missing tag (secret names too), not just the peers.
             Err(AgentError::MissingTags(_)) => {
                 return Err(AgentError::MissingTags(context::missing_tags(
@@ -154,40 +150,26 @@ impl Agent {
         if !missing.is_empty() {
             return Err(AgentError::MissingTags(missing));
         }
+        let rendered = render::render_with_warnings(&self.spec, &context)?;
+        // Secrets first: a config never names a file that is not written yet.
+        let mut files = Vec::new();
+        let wanted = self.spec.secrets.iter().filter(|s| s.is_wanted(&tags));
         let mut unfetched_secrets = Vec::new();
         if self.dry_run {
-            for secret in &self.spec.secrets {
+            for secret in wanted {
                 let parameter = secrets::parameter_name(secret, &tags)?;
                 unfetched_secrets.push((rooted(&self.root, &secret.path), parameter.to_string()));
             }
-            for wanted in &self.spec.secret_values {
-                if tags.contains_key(&wanted.name_tag) {
-                    context
-                        .secret_values
-                        .insert(wanted.name.clone(), SecretText::new(DRY_RUN_SECRET_VALUE));
-                }
-            }
-        } else {
-            let tagged = self
-                .spec
-                .secret_values
-                .iter()
-                .any(|v| tags.contains_key(&v.name_tag));
-            if tagged {
-                let ssm = self.aws.ssm().await;
-                context.secret_values = secrets::fetch_values(&self.spec, &tags, ssm).await?;
-            }
-        }
-        let rendered = render::render_with_warnings(&self.spec, &context)?;
-        let mut files = rendered.files;
-        if !self.dry_run && !self.spec.secrets.is_empty() {
+        } else if wanted.count() > 0 {
             let ssm = self.aws.ssm().await;
-            files.extend(secrets::fetch(&self.spec, &tags, &self.root, ssm).await?);
+            files = secrets::fetch(&self.spec, &tags, &self.root, ssm).await?;
         }
+        files.extend(rendered.files);
         Ok(Plan {
             files,
             warnings: rendered.warnings,
             unfetched_secrets,
+            orphaned_secrets: secrets::orphaned(&self.spec, &tags, &self.root),
         })
     }
 
@@ -217,6 +199,14 @@ impl Agent {
             if report {
                 log_warnings(plan, &file.path);
             }
+        }
+        for (path, services) in &plan.orphaned_secrets {
+            std::fs::remove_file(path).map_err(|e| AgentError::write(path, e))?;
+            log::event(format_args!(
+                "removed secret {}: its tag is gone and no config names it",
+                path.display()
+            ));
+            written.push((path.clone(), services.clone()));
         }
         for created in secrets::ensure_generated(&self.spec, &self.root, self.ownership)? {
             log::event(format_args!("generated secret {}", created.path.display()));
@@ -252,6 +242,13 @@ impl Agent {
                 "--- would write secret {} from SSM parameter {parameter} (not fetched in dry-run)",
                 path.display()
             );
+        }
+        for (path, _) in &plan.orphaned_secrets {
+            println!(
+                "--- would remove secret {}: its tag is gone",
+                path.display()
+            );
+            would_write.push((path.clone(), Vec::new()));
         }
         for generated in &self.spec.generated {
             let path = rooted(&self.root, &generated.path);

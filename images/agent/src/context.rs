@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::AgentError;
 use crate::spec::{rooted, secret_stem, RoleSpec};
 use crate::tags::{self, Tags};
-use crate::value::{self, AppFleet, LokiS3, PeerAddress, SecretText, SnsTopic};
+use crate::value::{self, AppFleet, LokiS3, PeerAddress, SnsTopic};
 
 /// What every template sees. Field names are the template variables.
 #[derive(Debug, Clone, Serialize)]
@@ -21,14 +21,13 @@ pub struct Context {
     /// Services this deployment does not run (tag `obstack:absent`; empty on EC2), in the
     /// tag's order: `{% if "promtail" not in absent %}`.
     pub absent: Vec<String>,
-    /// `<file-stem>_path` → rendered path of each secret file (fetched or generated).
+    /// `<file-stem>_path` → rendered path of each secret file (fetched or generated); an
+    /// optional one only when its tag is present:
+    /// `{% if secrets.slack_url_path is defined %}`.
     pub secrets: BTreeMap<String, String>,
     /// The SNS topic alerts page through (tag `obstack:alert-sns-topic-arn`), when tagged:
     /// `{% if sns_topic %}... {{ sns_topic.arn }} {{ sns_topic.region }}`.
     pub sns_topic: Option<SnsTopic>,
-    /// `[[secret_values]]` that were fetched, by name; an untagged one is not defined:
-    /// `{% if secret_values.alert_webhook_url is defined %}`.
-    pub secret_values: BTreeMap<String, SecretText>,
     /// The app's Auto Scaling group (tags `obstack:app-fleet-desired` and
     /// `obstack:deployment`), `none` for a single app instance:
     /// `{% if app_fleet %}... {{ app_fleet.deployment }} {{ app_fleet.desired }}`.
@@ -36,6 +35,9 @@ pub struct Context {
     /// Loki's S3 storage (tags `obstack:loki-s3-bucket`, `-region`, `-from`), `none` for
     /// the filesystem only: `{% if loki_s3 %}... {{ loki_s3.bucket }}`.
     pub loki_s3: Option<LokiS3>,
+    /// Where people open Grafana (tag `obstack:grafana-url`, no trailing `/`), `none`
+    /// untagged: `{% if grafana_url %}{{ grafana_url }}/d/...`.
+    pub grafana_url: Option<String>,
 }
 
 /// Validates every tag this role reads and builds the context.
@@ -57,12 +59,7 @@ pub fn build(
             .to_string(),
         None => tags::DEFAULT_BIND_ADDRESS.to_string(),
     };
-    let name_tags = spec
-        .secrets
-        .iter()
-        .map(|s| &s.name_tag)
-        .chain(spec.secret_values.iter().map(|v| &v.name_tag));
-    for name_tag in name_tags {
+    for name_tag in spec.secrets.iter().map(|s| &s.name_tag) {
         if let Some(name) = tags.get(name_tag) {
             value::check_parameter_name(name)
                 .map_err(|reason| AgentError::bad_tag(name_tag, reason))?;
@@ -72,6 +69,13 @@ pub fn build(
         Some(raw) => Some(
             SnsTopic::parse(raw)
                 .map_err(|reason| AgentError::bad_tag(tags::ALERT_SNS_TOPIC_ARN, reason))?,
+        ),
+        None => None,
+    };
+    let grafana_url = match tags.get(tags::GRAFANA_URL) {
+        Some(raw) => Some(
+            value::parse_web_url(raw)
+                .map_err(|reason| AgentError::bad_tag(tags::GRAFANA_URL, reason))?,
         ),
         None => None,
     };
@@ -111,7 +115,7 @@ pub fn build(
         return Err(AgentError::MissingTags(missing));
     }
     let mut secrets = BTreeMap::new();
-    for path in spec.secret_paths() {
+    for path in spec.wanted_secret_paths(tags) {
         // The spec was checked on load, so every secret path has a stem.
         let stem = secret_stem(path).map_err(|m| AgentError::spec(&spec.dir, m))?;
         secrets.insert(stem, rooted(root, path).display().to_string());
@@ -125,9 +129,9 @@ pub fn build(
         absent,
         secrets,
         sns_topic,
-        secret_values: BTreeMap::new(),
         app_fleet,
         loki_s3,
+        grafana_url,
     })
 }
 
@@ -485,5 +489,88 @@ mod tests {
                 "{key}={value}: {error}"
             );
         }
+    }
+
+    #[test]
+    fn the_grafana_url_tag_is_a_web_address_or_a_bad_tag() {
+        let with = |url: &str| {
+            build(
+                &spec(),
+                &tags(&[
+                    ("obstack:peer:app", "10.0.0.1"),
+                    ("obstack:grafana-url", url),
+                ]),
+                "",
+                "i-1",
+            )
+        };
+        assert_eq!(
+            with("https://grafana.example.com/")
+                .unwrap()
+                .grafana_url
+                .as_deref(),
+            Some("https://grafana.example.com")
+        );
+        let untagged = build(
+            &spec(),
+            &tags(&[("obstack:peer:app", "10.0.0.1")]),
+            "",
+            "i-1",
+        );
+        assert!(untagged.unwrap().grafana_url.is_none());
+        for bad in [
+            "grafana.example.com",
+            "https://g.example.com/a|b",
+            "https://x\ny: z",
+        ] {
+            let error = with(bad).unwrap_err();
+            assert!(
+                matches!(&error, AgentError::BadTag { key, .. } if key == "obstack:grafana-url"),
+                "{bad:?}: {error}"
+            );
+            assert!(!error.to_string().contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn an_optional_secret_is_neither_waited_for_nor_defined_until_tagged() {
+        let spec: RoleSpec = toml::from_str(
+            "role = \"watcher\"\n\
+             [[secrets]]\nname_tag = \"obstack:hook-param\"\n\
+             path = \"/etc/x/secrets/hook_url\"\noptional = true\nformat = \"url\"\n\
+             [[secrets]]\nname_tag = \"obstack:password-param\"\n\
+             path = \"/etc/x/secrets/password\"\n",
+        )
+        .unwrap();
+        let untagged = tags(&[("obstack:password-param", "/p")]);
+        assert!(missing_tags(&spec, &untagged).is_empty());
+        let context = build(&spec, &untagged, "/r", "i-1").unwrap();
+        assert_eq!(
+            context.secrets.keys().collect::<Vec<_>>(),
+            ["password_path"],
+            "the untagged optional secret is defined"
+        );
+        let tagged = tags(&[
+            ("obstack:password-param", "/p"),
+            ("obstack:hook-param", "/obstack/hook"),
+        ]);
+        let context = build(&spec, &tagged, "/r", "i-1").unwrap();
+        assert_eq!(
+            context.secrets["hook_url_path"],
+            "/r/etc/x/secrets/hook_url"
+        );
+        // Its name is checked like any parameter name; the required one is still waited for.
+        let bad = tags(&[
+            ("obstack:password-param", "/p"),
+            ("obstack:hook-param", "https://hooks.example.com/x"),
+        ]);
+        assert!(matches!(
+            build(&spec, &bad, "/r", "i-1").unwrap_err(),
+            AgentError::BadTag { key, .. } if key == "obstack:hook-param"
+        ));
+        assert_eq!(
+            missing_tags(&spec, &tags(&[("obstack:hook-param", "/h")])),
+            ["obstack:password-param"]
+        );
     }
 }

@@ -23,7 +23,6 @@ pub mod tags;
 mod value;
 mod write;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use agent::{Agent, AgentOptions, WaitPolicy};
@@ -33,8 +32,8 @@ pub use render::RenderedFile;
 pub use restart::Restarter;
 pub use secrets::{ensure_generated, Created};
 pub use source::TagSource;
-pub use spec::RoleSpec;
-pub use value::{AppFleet, LokiS3, PeerAddress, SecretText, SnsTopic};
+pub use spec::{RoleSpec, SecretFormat, SecretSpec};
+pub use value::{AppFleet, LokiS3, PeerAddress, SnsTopic};
 pub use write::{write_file, write_files, Ownership, WriteOutcome};
 
 /// Renders `role`'s templates from `tags`, in memory. Pure: validates the tags (a bad value
@@ -52,46 +51,31 @@ pub fn render_role(
     render_spec(&spec, tags, root, instance_id)
 }
 
-/// [`render_role`] for an already loaded spec.
+/// [`render_role`] for an already loaded spec. Optional secrets are referenced (their
+/// `secrets.<stem>_path`) when their tag is present; writing their files is the caller's.
 pub fn render_spec(
     spec: &RoleSpec,
     tags: &tags::Tags,
     root: &str,
     instance_id: &str,
 ) -> Result<Vec<RenderedFile>, AgentError> {
-    render_spec_with_secrets(spec, tags, &BTreeMap::new(), root, instance_id)
+    let context = context::build(spec, tags, root, instance_id)?;
+    render::render_files(spec, &context)
 }
 
-/// [`render_spec`] with the values of the spec's `[[secret_values]]` given by the caller
-/// (on EC2 the agent fetches them from SSM; `xtask up` and tests supply their own), by
-/// name. Each is checked like a fetched one; a file holding one comes back sensitive.
-pub fn render_spec_with_secrets(
-    spec: &RoleSpec,
-    tags: &tags::Tags,
-    secret_values: &BTreeMap<String, String>,
+/// The file a `[[secrets]]` entry would be written to with `value` (as the agent writes what
+/// it fetched from SSM), after the entry's `format` check; `xtask up` and tests use it to
+/// supply their own values. The error names the tag and never quotes the value.
+pub fn secret_file(
+    secret: &spec::SecretSpec,
     root: &str,
-    instance_id: &str,
-) -> Result<Vec<RenderedFile>, AgentError> {
-    let mut context = context::build(spec, tags, root, instance_id)?;
-    for (name, text) in secret_values {
-        let wanted = spec
-            .secret_values
-            .iter()
-            .find(|v| &v.name == name)
-            .ok_or_else(|| {
-                AgentError::spec(
-                    &spec.dir,
-                    format!("has no [[secret_values]] named `{name}`"),
-                )
-            })?;
-        value::check_inline_secret(text).map_err(|message| AgentError::Secret {
-            tag: wanted.name_tag.clone(),
-            parameter: format!("(local value of {name})"),
+    value: &str,
+) -> Result<RenderedFile, AgentError> {
+    let contents =
+        secrets::checked(secret, value.to_string()).map_err(|message| AgentError::Secret {
+            tag: secret.name_tag.clone(),
+            parameter: "(a local value)".into(),
             message,
         })?;
-        context
-            .secret_values
-            .insert(name.clone(), SecretText::new(text.as_str()));
-    }
-    render::render_files(spec, &context)
+    Ok(secrets::secret_file(secret, root, contents))
 }

@@ -60,17 +60,11 @@ pub fn render_files(spec: &RoleSpec, context: &Context) -> Result<Vec<RenderedFi
     render_with_warnings(spec, context).map(|rendered| rendered.files)
 }
 
-/// [`render_files`], keeping the templates' warnings. A file that holds one of the
-/// context's secret values is marked sensitive, whatever its template.
+/// [`render_files`], keeping the templates' warnings. Templates never see a secret's value
+/// (only the path of its file), so no rendered file is sensitive.
 pub fn render_with_warnings(spec: &RoleSpec, context: &Context) -> Result<Rendered, AgentError> {
     let raised = Arc::new(Mutex::new(Vec::new()));
     let env = environment(raised.clone());
-    let secrets: Vec<&str> = context
-        .secret_values
-        .values()
-        .map(|value| value.expose())
-        .filter(|text| !text.is_empty())
-        .collect();
     let mut rendered = Rendered::default();
     for file in &spec.files {
         let template_path = spec.dir.join(&file.template);
@@ -91,7 +85,6 @@ pub fn render_with_warnings(spec: &RoleSpec, context: &Context) -> Result<Render
         rendered
             .warnings
             .extend(messages.into_iter().map(|m| (path.clone(), m)));
-        let sensitive = secrets.iter().any(|secret| contents.contains(secret));
         rendered.files.push(RenderedFile {
             path,
             contents,
@@ -99,7 +92,7 @@ pub fn render_with_warnings(spec: &RoleSpec, context: &Context) -> Result<Render
             owner: file.owner.clone(),
             group: file.group.clone(),
             services: file.services.clone(),
-            sensitive,
+            sensitive: false,
         });
     }
     Ok(rendered)

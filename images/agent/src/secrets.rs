@@ -6,13 +6,14 @@ use rand::RngCore;
 
 use crate::error::AgentError;
 use crate::render::RenderedFile;
-use crate::spec::{rooted, RoleSpec, SecretSpec};
+use crate::spec::{rooted, RoleSpec, SecretFormat, SecretSpec};
 use crate::tags::Tags;
-use crate::value::{self, SecretText};
+use crate::value;
 use crate::write::{self, Ownership};
 
-/// Fetches every `[[secrets]]` entry (decrypted). The caller has checked that the name tags
-/// are present and valid.
+/// Fetches every `[[secrets]]` entry this instance wants (decrypted; an optional one only
+/// when its tag is present), each checked against its `format`. The caller has checked that
+/// the name tags are valid and the required ones present.
 pub async fn fetch(
     spec: &RoleSpec,
     tags: &Tags,
@@ -20,7 +21,7 @@ pub async fn fetch(
     ssm: &aws_sdk_ssm::Client,
 ) -> Result<Vec<RenderedFile>, AgentError> {
     let mut files = Vec::with_capacity(spec.secrets.len());
-    for secret in &spec.secrets {
+    for secret in spec.secrets.iter().filter(|s| s.is_wanted(tags)) {
         let parameter = parameter_name(secret, tags)?;
         let value = ssm
             .get_parameter()
@@ -32,52 +33,57 @@ pub async fn fetch(
             .parameter
             .and_then(|p| p.value)
             .ok_or_else(|| secret_error(secret, parameter, "the parameter has no value"))?;
-        files.push(RenderedFile {
-            path: rooted(root, &secret.path),
-            contents: value,
-            mode: secret.mode.0,
-            owner: secret.owner.clone(),
-            group: secret.group.clone(),
-            services: secret.services.clone(),
-            sensitive: true,
-        });
+        let contents = checked(secret, value).map_err(|m| secret_error(secret, parameter, m))?;
+        files.push(secret_file(secret, root, contents));
     }
     Ok(files)
 }
 
-/// Fetches every `[[secret_values]]` entry whose name tag is present (decrypted), checked
-/// to be safe inside a quoted config string. The caller has validated the name tags.
-pub async fn fetch_values(
+/// The file a fetched secret is written to (0600 unless the spec says otherwise).
+pub fn secret_file(secret: &SecretSpec, root: &str, contents: String) -> RenderedFile {
+    RenderedFile {
+        path: rooted(root, &secret.path),
+        contents,
+        mode: secret.mode.0,
+        owner: secret.owner.clone(),
+        group: secret.group.clone(),
+        services: secret.services.clone(),
+        sensitive: true,
+    }
+}
+
+/// A fetched value as it will be written, or why it is refused (never quoting the value):
+/// a `url` loses its trailing line break, then must be an http(s) URL to none of the
+/// `refuse_hosts`.
+pub fn checked(secret: &SecretSpec, value: String) -> Result<String, String> {
+    match secret.format {
+        SecretFormat::Text => Ok(value),
+        SecretFormat::Url => {
+            let url = value.trim_end_matches(['\n', '\r']);
+            value::check_secret_url(url)
+                .map_err(|reason| format!("{reason}; store the bare URL as a SecureString"))?;
+            let host = value::url_host(url).unwrap_or_default();
+            if let Some(why) = secret.refuse_hosts.get(&host) {
+                return Err(format!("the URL points to {host}: {why}"));
+            }
+            Ok(url.to_string())
+        }
+    }
+}
+
+/// Optional secret files whose tag is gone: the config no longer names them, and a
+/// credential nobody uses should not stay on disk. (path, services).
+pub fn orphaned(
     spec: &RoleSpec,
     tags: &Tags,
-    ssm: &aws_sdk_ssm::Client,
-) -> Result<std::collections::BTreeMap<String, SecretText>, AgentError> {
-    let mut values = std::collections::BTreeMap::new();
-    for wanted in &spec.secret_values {
-        let Some(parameter) = tags.get(&wanted.name_tag) else {
-            continue;
-        };
-        let error = |message: String| AgentError::Secret {
-            tag: wanted.name_tag.clone(),
-            parameter: parameter.clone(),
-            message,
-        };
-        let text = ssm
-            .get_parameter()
-            .name(parameter)
-            .with_decryption(true)
-            .send()
-            .await
-            .map_err(|e| error(DisplayErrorContext(&e).to_string()))?
-            .parameter
-            .and_then(|p| p.value)
-            .ok_or_else(|| error("the parameter has no value".into()))?;
-        let text = text.trim_end_matches(['\n', '\r']);
-        value::check_inline_secret(text)
-            .map_err(|reason| error(format!("{reason}; store the bare URL as a SecureString")))?;
-        values.insert(wanted.name.clone(), SecretText::new(text));
-    }
-    Ok(values)
+    root: &str,
+) -> Vec<(std::path::PathBuf, Vec<String>)> {
+    spec.secrets
+        .iter()
+        .filter(|s| !s.is_wanted(tags))
+        .map(|s| (rooted(root, &s.path), s.services.clone()))
+        .filter(|(path, _)| path.exists())
+        .collect()
 }
 
 /// The parameter name held by the secret's tag.
@@ -134,4 +140,51 @@ pub fn ensure_generated(
         }
     }
     Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(extra: &str) -> SecretSpec {
+        toml::from_str(&format!(
+            "name_tag = \"obstack:hook\"\npath = \"/etc/x/hook_url\"\n{extra}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_url_secret_loses_its_line_break_and_refuses_what_is_not_a_url() {
+        let url = secret("format = \"url\"\n");
+        assert_eq!(
+            checked(&url, "https://hooks.example.com/T0/B0/x\n".into()).as_deref(),
+            Ok("https://hooks.example.com/T0/B0/x")
+        );
+        for bad in ["hunter2", "https://a b/x", "", "https://x\ny"] {
+            let error = checked(&url, bad.into()).unwrap_err();
+            assert!(error.contains("store the bare URL"), "{bad:?}: {error}");
+        }
+        // Text is written as fetched.
+        let text = secret("");
+        assert_eq!(checked(&text, "pw\n".into()).as_deref(), Ok("pw\n"));
+    }
+
+    #[test]
+    fn a_refused_host_names_the_fix_and_not_the_url() {
+        let hook = secret(
+            "format = \"url\"\nrefuse_hosts = { \"hooks.slack.com\" = \"use tag obstack:slack\" }\n",
+        );
+        for slack in [
+            "https://hooks.slack.com/services/T0/B0/SECRET",
+            "https://Hooks.Slack.com:443/services/T0/B0/SECRET",
+        ] {
+            let error = checked(&hook, slack.into()).unwrap_err();
+            assert!(
+                error.contains("hooks.slack.com: use tag obstack:slack"),
+                "{error}"
+            );
+            assert!(!error.contains("SECRET"), "{error}");
+        }
+        assert!(checked(&hook, "https://events.example.com/v2/enqueue".into()).is_ok());
+    }
 }

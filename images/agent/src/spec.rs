@@ -29,8 +29,6 @@ pub struct RoleSpec {
     /// Where the role keeps its state: the EBS data volume the `mount` step mounts.
     #[serde(default)]
     pub data: Option<DataSpec>,
-    #[serde(default)]
-    pub secret_values: Vec<SecretValueSpec>,
     /// What the image ships and runs: read by xtask and the image checks, not the agent.
     #[serde(default, rename = "image")]
     _image: serde::de::IgnoredAny,
@@ -97,17 +95,35 @@ pub struct SecretSpec {
     pub mode: Mode,
     #[serde(default)]
     pub services: Vec<String>,
+    /// Fetched only when `name_tag` is present, and never waited for (a webhook URL the
+    /// operator may or may not have). Templates see `secrets.<stem>_path` only then.
+    #[serde(default)]
+    pub optional: bool,
+    /// What the parameter must hold; checked before anything is written.
+    #[serde(default)]
+    pub format: SecretFormat,
+    /// With `format = "url"`: hosts the URL must not point to, each with the reason and fix
+    /// (a Slack incoming webhook where Alertmanager would post its own JSON).
+    #[serde(default)]
+    pub refuse_hosts: BTreeMap<String, String>,
 }
 
-/// An optional secret that templates write into a config (a webhook URL whose program
-/// reads it from nowhere else): an SSM SecureString named by the tag `name_tag`, fetched
-/// only when that tag is present. Templates see it as `secret_values.<name>`; a file
-/// holding it is treated as a secret (never printed, never logged).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretValueSpec {
-    pub name: String,
-    pub name_tag: String,
+impl SecretSpec {
+    /// Whether this instance needs the secret: always, or (optional) when its tag is there.
+    pub fn is_wanted(&self, tags: &tags::Tags) -> bool {
+        !self.optional || tags.contains_key(&self.name_tag)
+    }
+}
+
+/// The shape a `[[secrets]]` value must have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretFormat {
+    /// Anything (a password); written as fetched.
+    #[default]
+    Text,
+    /// One `http://` or `https://` URL; a trailing line break is dropped.
+    Url,
 }
 
 /// A random secret created once (hex of `bytes` random bytes) and never overwritten.
@@ -188,14 +204,18 @@ impl RoleSpec {
     }
 
     /// The tags `render` must see before it may write anything: required peers and the
-    /// tags naming secrets.
+    /// tags naming secrets that are not optional.
     pub fn required_tags(&self) -> Vec<String> {
         let peers = self
             .peers
             .iter()
             .filter(|(_, peer)| peer.required)
             .map(|(name, _)| tags::peer_key(name));
-        let secrets = self.secrets.iter().map(|s| s.name_tag.clone());
+        let secrets = self
+            .secrets
+            .iter()
+            .filter(|s| !s.optional)
+            .map(|s| s.name_tag.clone());
         peers.chain(secrets).collect()
     }
 
@@ -215,24 +235,21 @@ impl RoleSpec {
         }
         for secret in &self.secrets {
             tags::check_key(&secret.name_tag)?;
-        }
-        let mut value_names = BTreeSet::new();
-        for value in &self.secret_values {
-            tags::check_key(&value.name_tag)?;
-            let identifier = value.name.starts_with(|c: char| c.is_ascii_lowercase())
-                && value
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-            if !identifier {
+            if !secret.refuse_hosts.is_empty() && secret.format != SecretFormat::Url {
                 return Err(format!(
-                    "secret value name `{}` must be lowercase letters, digits and `_`, \
-                     starting with a letter (templates use it as a variable)",
-                    value.name
+                    "secret `{}` has `refuse_hosts` but is not `format = \"url\"`",
+                    secret.path
                 ));
             }
-            if !value_names.insert(value.name.as_str()) {
-                return Err(format!("secret value `{}` is listed twice", value.name));
+            if let Some(host) = secret
+                .refuse_hosts
+                .keys()
+                .find(|h| h.is_empty() || *h != &h.to_ascii_lowercase())
+            {
+                return Err(format!(
+                    "secret `{}`: refused host `{host}` must be a lowercase host name",
+                    secret.path
+                ));
             }
         }
         let outputs = self
@@ -288,6 +305,19 @@ impl RoleSpec {
     pub fn secret_paths(&self) -> impl Iterator<Item = &str> {
         self.secrets
             .iter()
+            .map(|s| s.path.as_str())
+            .chain(self.generated.iter().map(|g| g.path.as_str()))
+    }
+
+    /// Paths of the secret files an instance with `tags` has: every generated one, and each
+    /// fetched one it wants (an optional one only when its tag is present).
+    pub fn wanted_secret_paths<'a>(
+        &'a self,
+        tags: &'a tags::Tags,
+    ) -> impl Iterator<Item = &'a str> + 'a {
+        self.secrets
+            .iter()
+            .filter(|s| s.is_wanted(tags))
             .map(|s| s.path.as_str())
             .chain(self.generated.iter().map(|g| g.path.as_str()))
     }
@@ -386,17 +416,27 @@ mod tests {
     }
 
     #[test]
-    fn secret_values_need_a_variable_name_once_and_a_valid_tag() {
-        let one =
-            "role = \"x\"\n[[secret_values]]\nname = \"hook_url\"\nname_tag = \"obstack:hook\"\n";
-        parse(one).unwrap();
-        let twice =
-            format!("{one}[[secret_values]]\nname = \"hook_url\"\nname_tag = \"obstack:b\"\n");
-        assert!(parse(&twice).unwrap_err().contains("twice"));
-        let bad_name = one.replace("hook_url", "hook-url");
-        assert!(parse(&bad_name).unwrap_err().contains("lowercase"));
-        let bad_tag = one.replace("obstack:hook", "obstack hook");
-        assert!(parse(&bad_tag).unwrap_err().contains("tag key"));
+    fn optional_secrets_are_not_required_and_refuse_hosts_only_for_urls() {
+        let text = "role = \"x\"\n[[secrets]]\nname_tag = \"obstack:hook\"\n\
+                    path = \"/etc/x/hook_url\"\noptional = true\nformat = \"url\"\n\
+                    refuse_hosts = { \"hooks.example.com\" = \"use the other tag\" }\n";
+        let spec: RoleSpec = toml::from_str(text).unwrap();
+        spec.check().unwrap();
+        assert!(spec.required_tags().is_empty());
+        let secret = &spec.secrets[0];
+        assert_eq!(secret.format, SecretFormat::Url);
+        assert!(!secret.is_wanted(&tags::Tags::new()));
+        let tagged = tags::Tags::from([("obstack:hook".into(), "/p".into())]);
+        assert!(secret.is_wanted(&tagged));
+        let required = text.replace("optional = true\n", "");
+        let spec: RoleSpec = toml::from_str(&required).unwrap();
+        assert_eq!(spec.required_tags(), ["obstack:hook"]);
+        assert!(spec.secrets[0].is_wanted(&tags::Tags::new()));
+        let text_format = text.replace("format = \"url\"\n", "");
+        assert!(parse(&text_format).unwrap_err().contains("refuse_hosts"));
+        let upper = text.replace("hooks.example.com", "Hooks.example.com");
+        assert!(parse(&upper).unwrap_err().contains("lowercase"));
+        assert!(parse(&text.replace("\"url\"", "\"uri\"")).is_err());
     }
 
     #[test]

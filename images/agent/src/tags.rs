@@ -21,6 +21,15 @@ pub const ABSENT: &str = "obstack:absent";
 /// Optional ARN of the SNS topic Alertmanager pages through (Prometheus' instance only),
 /// `arn:aws:sns:<region>:<account>:<name>`. Alertmanager signs with the instance role.
 pub const ALERT_SNS_TOPIC_ARN: &str = "obstack:alert-sns-topic-arn";
+/// Optional, on Prometheus' instance: the *name* of the SSM SecureString holding a Slack
+/// incoming-webhook URL (Alertmanager's `slack_configs`).
+pub const ALERT_SLACK_URL_PARAM: &str = "obstack:alert-slack-url-param";
+/// Optional, on Prometheus' instance: the *name* of the SSM SecureString holding the URL of a
+/// generic JSON webhook (Alertmanager's `webhook_configs`: its own JSON, not Slack's).
+pub const ALERT_WEBHOOK_URL_PARAM: &str = "obstack:alert-webhook-url-param";
+/// Optional, on Prometheus' instance: the address people open Grafana at, which alert
+/// notifications link to (`https://grafana.example.com`); templates see `grafana_url`.
+pub const GRAFANA_URL: &str = "obstack:grafana-url";
 
 /// The id of the instance's EBS data volume (`vol-...`), on the stateful roles' instances:
 /// the `mount` step mounts that volume before any service starts.
@@ -136,6 +145,9 @@ mod tests {
             ABSENT,
             DATA_VOLUME,
             ALERT_SNS_TOPIC_ARN,
+            ALERT_SLACK_URL_PARAM,
+            ALERT_WEBHOOK_URL_PARAM,
+            GRAFANA_URL,
             APP_FLEET_DESIRED,
             DEPLOYMENT,
             LOKI_S3_BUCKET,

@@ -1,7 +1,7 @@
 //! Validation of tag *values*. A tag value ends up inside YAML and INI files, so only values
 //! with a known, harmless shape are accepted: an address (IPv4, IPv6 or DNS host name, with
 //! an optional port), an SSM parameter name, an ARN, a bucket or deployment name, a region, a
-//! count or a date. Anything else is rejected with a reason.
+//! count, a date or a web address. Anything else is rejected with a reason.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -12,8 +12,8 @@ const MAX_HOST_LEN: usize = 253;
 const MAX_VALUE_LEN: usize = 256;
 /// SSM parameter names (with their path) are at most 2048 characters, tags at most 256.
 const MAX_PARAMETER_NAME_LEN: usize = MAX_VALUE_LEN;
-/// A secret value rendered into a config (an SSM SecureString holds up to 8 KiB).
-const MAX_INLINE_SECRET_LEN: usize = 2048;
+/// A URL kept as a secret (an SSM SecureString holds up to 8 KiB; no webhook URL needs more).
+const MAX_SECRET_URL_LEN: usize = 2048;
 
 /// A peer's validated address, as exposed to templates (`peers.<name>.*`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -75,28 +75,6 @@ pub fn check_parameter_name(value: &str) -> Result<(), String> {
             "contains {bad:?}; an SSM parameter name has only letters, digits and `_ . - /`"
         )),
         None => Ok(()),
-    }
-}
-
-/// A secret's text on its way into a template: serialised as itself, debug-printed as
-/// `<redacted>` so that logging a context can never leak it.
-#[derive(Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct SecretText(String);
-
-impl SecretText {
-    pub fn new(text: impl Into<String>) -> SecretText {
-        SecretText(text.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for SecretText {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
     }
 }
 
@@ -321,31 +299,83 @@ fn is_region(region: &str) -> bool {
             .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()))
 }
 
-/// Checks a secret value that templates write inside a double-quoted config string (a
-/// webhook URL): one line, no whitespace, quotes, backslashes or control characters. The
-/// error never quotes the value.
-pub fn check_inline_secret(value: &str) -> Result<(), String> {
+/// Checks a URL kept as a secret (a webhook URL from SSM, written to its own file): one line,
+/// `http://` or `https://` and a host, no whitespace or control characters. The error never
+/// quotes the value.
+pub fn check_secret_url(value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err("the value is empty".into());
     }
-    if value.len() > MAX_INLINE_SECRET_LEN {
+    if value.len() > MAX_SECRET_URL_LEN {
         return Err(format!(
-            "the value is {} characters long; at most {MAX_INLINE_SECRET_LEN} are allowed",
+            "the value is {} characters long; at most {MAX_SECRET_URL_LEN} are allowed",
             value.len()
         ));
     }
-    if value
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("the value contains whitespace or a control character".into());
+    }
+    match url_host(value) {
+        Some(host) if !host.is_empty() => Ok(()),
+        Some(_) => Err("the value is a URL without a host".into()),
+        None => Err("the value is not an http:// or https:// URL".into()),
+    }
+}
+
+/// The host of an `http://` or `https://` URL, lowercased, without port or credentials;
+/// `None` for anything else.
+pub fn url_host(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// A web address a person opens (Grafana's, for links in alert notifications), as
+/// validated from a tag: `http(s)://host[:port][/path]`, the host an IP address or DNS name,
+/// the path only letters, digits and `- . _ ~ /`, so it is safe inside a quoted config
+/// string and a Slack link (`<url|label>`). No query, fragment or credentials. The trailing
+/// `/` is dropped, so templates append paths with `/`.
+pub fn parse_web_url(value: &str) -> Result<String, String> {
+    check_plain_text(value)?;
+    let shape = "a web address looks like https://grafana.example.com or http://10.0.1.13:3000, \
+                 optionally with a path";
+    let Some(rest) = value
+        .strip_prefix("https://")
+        .or_else(|| value.strip_prefix("http://"))
+    else {
+        return Err(format!(
+            "`{value}` is not an http:// or https:// address; {shape}"
+        ));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err(format!(
+            "`{value}` carries credentials; a link must not: {shape}"
+        ));
+    }
+    let (host, _port) =
+        split_host_port(authority).map_err(|reason| format!("{reason}; {shape}"))?;
+    check_host(host).map_err(|reason| format!("{reason}; {shape}"))?;
+    if let Some(bad) = path
         .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || "\"'\\`".contains(c))
+        .find(|c| !(c.is_ascii_alphanumeric() || "-._~/".contains(*c)))
     {
-        return Err(
-            "the value contains whitespace, a quote, a backslash or a control character".into(),
-        );
+        return Err(format!(
+            "`{value}` has {bad:?} in its path; a path has only letters, digits and `- . _ ~ /` \
+             (no query or fragment)"
+        ));
     }
-    if !(value.starts_with("https://") || value.starts_with("http://")) {
-        return Err("the value is not an http:// or https:// URL".into());
-    }
-    Ok(())
+    Ok(value.trim_end_matches('/').to_string())
 }
 
 /// Refuses the values that could break out of a config line, with a precise reason.
@@ -561,21 +591,85 @@ mod tests {
     }
 
     #[test]
-    fn inline_secrets_are_urls_that_cannot_break_a_quoted_string() {
-        assert!(check_inline_secret("https://hooks.example.com/services/T0/B0/x-y_z").is_ok());
-        for bad in [
-            "",
-            "hooks.example.com/x",
-            "https://a\"b",
-            "https://a b",
-            "https://a\nb",
-            "https://a\\b",
+    fn secret_urls_are_one_line_http_urls_and_errors_never_quote_them() {
+        assert!(check_secret_url("https://hooks.example.com/services/T0/B0/x-y_z").is_ok());
+        assert!(check_secret_url("http://127.0.0.1:40404/alerts?token=a\"b").is_ok());
+        for (bad, why) in [
+            ("", "empty"),
+            ("hooks.example.com/x", "not an http"),
+            ("ftp://hooks.example.com/x", "not an http"),
+            ("https:///x", "without a host"),
+            ("https://a b", "whitespace"),
+            ("https://a\nb", "whitespace"),
+            ("https://a\u{7}b", "control"),
         ] {
-            let error = check_inline_secret(bad).unwrap_err();
+            let error = check_secret_url(bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
             assert!(
                 bad.is_empty() || !error.contains(bad),
                 "{error} quotes the value"
             );
+        }
+        let long = format!("https://example.com/{}", "x".repeat(2048));
+        assert!(check_secret_url(&long)
+            .unwrap_err()
+            .contains("characters long"));
+    }
+
+    #[test]
+    fn url_hosts_are_found_whatever_the_port_case_or_credentials() {
+        for (url, host) in [
+            (
+                "https://hooks.slack.com/services/T0/B0/X",
+                "hooks.slack.com",
+            ),
+            ("https://HOOKS.Slack.com./services/x", "hooks.slack.com"),
+            ("https://hooks.slack.com:443/services/x", "hooks.slack.com"),
+            ("https://user:pw@hooks.slack.com/x", "hooks.slack.com"),
+            ("http://[fd00::1]:8080/x", "fd00::1"),
+            ("http://10.0.0.1?x=1", "10.0.0.1"),
+        ] {
+            assert_eq!(url_host(url).as_deref(), Some(host), "{url}");
+        }
+        assert_eq!(url_host("hooks.slack.com/x"), None);
+    }
+
+    #[test]
+    fn web_urls_are_addresses_with_a_plain_path() {
+        for (good, kept) in [
+            ("https://grafana.example.com", "https://grafana.example.com"),
+            (
+                "https://grafana.example.com/",
+                "https://grafana.example.com",
+            ),
+            ("http://10.0.1.13:3000", "http://10.0.1.13:3000"),
+            (
+                "http://[fd00::1]:3000/grafana/",
+                "http://[fd00::1]:3000/grafana",
+            ),
+            (
+                "https://ops.example.com/tools/grafana",
+                "https://ops.example.com/tools/grafana",
+            ),
+        ] {
+            assert_eq!(parse_web_url(good).as_deref(), Ok(kept), "{good}");
+        }
+        for (bad, why) in [
+            ("grafana.example.com", "not an http"),
+            ("ftp://grafana.example.com", "not an http"),
+            ("https://", "no host"),
+            ("https://gra fana.example.com", "whitespace"),
+            ("https://grafana.example.com/d?x=1", "in its path"),
+            ("https://grafana.example.com/a|b", "in its path"),
+            ("https://grafana.example.com/a>b", "in its path"),
+            ("https://grafana.example.com/\"x", "in its path"),
+            ("https://admin:pw@grafana.example.com", "credentials"),
+            ("https://grafana_example.com", "DNS host name"),
+            ("https://grafana.example.com:0", "port"),
+            ("https://g.example.com\nx: y", "line break"),
+        ] {
+            let error = parse_web_url(bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
         }
     }
 

@@ -30,5 +30,7 @@ chgrp -R prometheus /etc/prometheus
 # Prometheus' data volume (/var/lib/prometheus/alertmanager, made by its unit at start).
 ensure_system_user alertmanager prometheus
 install -d -m 0750 -o root -g alertmanager /etc/alertmanager
+# The webhook URLs' files (written by the agent from SSM, 0600): only alertmanager reads them.
+install -d -m 0700 -o alertmanager -g alertmanager /etc/alertmanager/secrets
 
 systemctl enable prometheus.service alertmanager.service

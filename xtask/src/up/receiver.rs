@@ -1,6 +1,7 @@
-//! A local webhook receiver for the stack's Alertmanager, so a person can watch a test alert
-//! arrive: it answers every POST, and prints each alert of it as one line (and appends it to
-//! its log). On EC2 the webhook is a Slack-style URL from SSM; locally it is this.
+//! A local stand-in for a Slack incoming webhook, so a person can watch a test alert arrive
+//! as Slack would show it: it answers like Slack (`crate::slack`: `200 ok`, or `400 no_text`
+//! to a message without text) and prints each accepted message's title and text (and
+//! appends them to its log). On EC2 the Slack URL comes from SSM; locally it is this.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,10 +9,11 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::Context;
-use serde_json::Value;
 
-/// The path Alertmanager posts to.
-const PATH: &str = "/alerts";
+use crate::slack;
+
+/// The path Alertmanager posts to (a Slack webhook's is `/services/T.../B.../...`).
+const PATH: &str = "/services/local";
 
 /// A receiver on a free loopback port; it stops when dropped.
 pub struct Receiver {
@@ -21,7 +23,7 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Listens on 127.0.0.1 (a free port), printing alerts to stderr and to `log`.
+    /// Listens on 127.0.0.1 (a free port), printing messages to stderr and to `log`.
     pub fn start(log: PathBuf) -> anyhow::Result<Receiver> {
         let server = tiny_http::Server::http("127.0.0.1:0")
             .map_err(|e| anyhow::anyhow!("cannot listen for alerts on 127.0.0.1: {e}"))?;
@@ -47,7 +49,7 @@ impl Receiver {
         })
     }
 
-    /// The URL Alertmanager's webhook posts to.
+    /// The URL Alertmanager's Slack integration posts to.
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -65,47 +67,35 @@ impl Drop for Receiver {
 fn answer(mut request: tiny_http::Request, log: &Path) {
     let mut body = Vec::new();
     let read = std::io::Read::read_to_end(request.as_reader(), &mut body);
-    let status = match (request.method(), request.url(), read) {
-        (tiny_http::Method::Post, PATH, Ok(_)) => match serde_json::from_slice::<Value>(&body) {
-            Ok(notification) => {
-                for line in describe(&notification) {
+    let (status, answer) = match (request.method(), request.url(), read) {
+        (tiny_http::Method::Post, PATH, Ok(_)) => match slack::receive(&body) {
+            Ok(message) => {
+                for line in message.lines() {
                     eprintln!("{line}");
                     append(log, &line);
                 }
-                200
+                (200, slack::ACCEPTED)
             }
-            Err(_) => 400,
+            Err(refusal) => {
+                let line = format!(
+                    "refused a message as Slack would: {} {}",
+                    refusal.status, refusal.error
+                );
+                eprintln!("{line}");
+                append(log, &line);
+                (refusal.status, refusal.error)
+            }
         },
-        (tiny_http::Method::Post, PATH, Err(_)) => 400,
-        _ => 404,
+        (tiny_http::Method::Post, PATH, Err(_)) => (400, "invalid_payload"),
+        _ => (404, "no_service"),
+    };
+    let response = tiny_http::Response::from_string(answer).with_status_code(status);
+    let response = match tiny_http::Header::from_bytes("Content-Type", "text/plain") {
+        Ok(header) => response.with_header(header),
+        Err(()) => response,
     };
     // Alertmanager retries a failed delivery; nothing to do here if it gave up.
-    let _ = request.respond(tiny_http::Response::empty(status));
-}
-
-/// One line per alert: `alert firing: AppDown (severity critical, instance 127.0.0.1:5000)
-/// via receiver page`.
-pub fn describe(notification: &Value) -> Vec<String> {
-    let text = |value: &Value| value.as_str().unwrap_or("?").to_string();
-    let receiver = text(&notification["receiver"]);
-    notification["alerts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|alert| {
-            let labels = &alert["labels"];
-            let mut details = vec![format!("severity {}", text(&labels["severity"]))];
-            if let Some(instance) = labels["instance"].as_str() {
-                details.push(format!("instance {instance}"));
-            }
-            format!(
-                "alert {}: {} ({}) via receiver {receiver}",
-                text(&alert["status"]),
-                text(&labels["alertname"]),
-                details.join(", ")
-            )
-        })
-        .collect()
+    let _ = request.respond(response);
 }
 
 fn append(log: &Path, line: &str) {
@@ -124,37 +114,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_alert_is_one_line_with_its_status_name_severity_and_receiver() {
-        let notification = serde_json::json!({
-            "receiver": "page",
-            "status": "firing",
-            "alerts": [
-                {"status": "firing", "labels": {"alertname": "AppDown", "severity": "critical", "instance": "127.0.0.1:5000"}},
-                {"status": "resolved", "labels": {"alertname": "DiskFilling", "severity": "warning"}},
-            ],
-        });
-        assert_eq!(
-            describe(&notification),
-            [
-                "alert firing: AppDown (severity critical, instance 127.0.0.1:5000) via receiver page",
-                "alert resolved: DiskFilling (severity warning) via receiver page",
-            ]
-        );
-        assert!(describe(&serde_json::json!({})).is_empty());
-    }
-
-    #[test]
-    fn the_receiver_answers_alertmanagers_posts_and_logs_them() {
+    fn the_receiver_answers_like_slack_and_logs_what_it_shows() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("logs/alert-receiver.log");
         let receiver = Receiver::start(log.clone()).unwrap();
         let client = reqwest::blocking::Client::new();
-        let body = serde_json::json!({
-            "receiver": "ticket",
-            "alerts": [{"status": "firing", "labels": {"alertname": "TargetMissing", "severity": "warning"}}],
+        let message = serde_json::json!({
+            "attachments": [{
+                "title": "[FIRING:1] TargetMissing (warning)",
+                "text": "*TargetMissing* is firing: a scrape target is missing\n",
+            }],
         });
-        let response = client.post(receiver.url()).json(&body).send().unwrap();
+        let response = client.post(receiver.url()).json(&message).send().unwrap();
         assert_eq!(response.status().as_u16(), 200);
+        assert_eq!(response.text().unwrap(), "ok");
+        // Alertmanager's webhook JSON, which Slack refuses.
+        let webhook = serde_json::json!({
+            "receiver": "ticket",
+            "alerts": [{"status": "firing", "labels": {"alertname": "TargetMissing"}}],
+        });
+        let refused = client.post(receiver.url()).json(&webhook).send().unwrap();
+        assert_eq!(refused.status().as_u16(), 400);
+        assert_eq!(refused.text().unwrap(), "no_text");
         let bad = client.post(receiver.url()).body("not json").send().unwrap();
         assert_eq!(bad.status().as_u16(), 400);
         let elsewhere = receiver.url().replace(PATH, "/other");
@@ -165,7 +146,9 @@ mod tests {
         drop(receiver);
         assert_eq!(
             std::fs::read_to_string(&log).unwrap(),
-            "alert firing: TargetMissing (severity warning) via receiver ticket\n"
+            "[FIRING:1] TargetMissing (warning)\n  *TargetMissing* is firing: a scrape target is missing\n\
+             refused a message as Slack would: 400 no_text\n\
+             refused a message as Slack would: 400 invalid_payload\n"
         );
     }
 }

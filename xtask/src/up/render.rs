@@ -20,9 +20,9 @@ use crate::roles::Registry;
 /// The instance id templates see locally.
 const INSTANCE_ID: &str = "local";
 
-/// The `[[secret_values]]` entry (images/prometheus/role.toml) holding Alertmanager's
-/// webhook URL.
-const WEBHOOK_URL: &str = "alert_webhook_url";
+/// The SSM parameter name the local Slack tag names: nothing fetches it, `up` writes the
+/// stand-in's URL into the secret's file itself.
+const LOCAL_SLACK_PARAMETER: &str = "/obstack/local/alert-slack-url";
 
 /// The tags a local stack running the services `running` would carry on EC2: the peers that
 /// run on loopback at their AMI ports, and the services that do not in `obstack:absent`.
@@ -55,13 +55,14 @@ pub fn local_tags(registry: &Registry, role: &str, running: &BTreeSet<&str>) -> 
 /// Copies static files and renders, under the layout's root, the configs of every role that
 /// runs one of `running` (service names); a file no running service reads is left out.
 ///
-/// `webhook` is the URL Alertmanager's webhook posts to (on EC2, an SSM SecureString's
-/// value); without one the rendered config has no webhook.
+/// `slack` is the URL of the local stand-in for a Slack incoming webhook (on EC2, an SSM
+/// SecureString's value): the role reading tag `obstack:alert-slack-url-param` gets the tag
+/// and the URL in its secret's file. Without one the rendered config has no Slack receiver.
 pub fn render_roles(
     layout: &Layout,
     registry: &Registry,
     running: &BTreeSet<&str>,
-    webhook: Option<&str>,
+    slack: Option<&str>,
 ) -> anyhow::Result<()> {
     let images_dir = registry.images_dir();
     let root = layout.root();
@@ -89,19 +90,18 @@ pub fn render_roles(
         }
         let role_name = role.name.as_str();
         copy_tree(&role.dir.join("rootfs"), &root)?;
-        let tags = local_tags(registry, role_name, running);
+        let mut tags = local_tags(registry, role_name, running);
         let mut spec = RoleSpec::load(images_dir, role_name)
             .with_context(|| format!("cannot load the {role_name} role spec"))?;
+        write_local_slack_url(&spec, &mut tags, root_text, slack)?;
         spec.files.retain(|file| {
             file.services.is_empty()
                 || file.services.iter().any(|unit| {
                     units.contains(unit.as_str()) || common_units.contains(&unit.as_str())
                 })
         });
-        let values = local_secret_values(&spec, webhook);
-        let files =
-            stack_agent::render_spec_with_secrets(&spec, &tags, &values, root_text, INSTANCE_ID)
-                .with_context(|| format!("cannot render the {role_name} role's configs"))?;
+        let files = stack_agent::render_spec(&spec, &tags, root_text, INSTANCE_ID)
+            .with_context(|| format!("cannot render the {role_name} role's configs"))?;
         // Locally nothing is chowned: the files belong to whoever runs `up`.
         stack_agent::write_files(&files, Ownership::Ignore)
             .with_context(|| format!("cannot write the {role_name} role's configs"))?;
@@ -112,19 +112,40 @@ pub fn render_roles(
     Ok(())
 }
 
-/// The `[[secret_values]]` a local stack has: the webhook URL, when the role reads one.
-fn local_secret_values(spec: &RoleSpec, webhook: Option<&str>) -> BTreeMap<String, String> {
-    spec.secret_values
+/// When the role reads a Slack URL and `up` runs a stand-in: the tag, and the stand-in's URL
+/// in the secret's file, as the agent would write it from SSM.
+fn write_local_slack_url(
+    spec: &RoleSpec,
+    tags: &mut Tags,
+    root: &str,
+    slack: Option<&str>,
+) -> anyhow::Result<()> {
+    let Some(url) = slack else {
+        return Ok(());
+    };
+    let Some(secret) = spec
+        .secrets
         .iter()
-        .filter(|value| value.name == WEBHOOK_URL)
-        .filter_map(|value| webhook.map(|url| (value.name.clone(), url.to_string())))
-        .collect()
+        .find(|s| s.name_tag == tags::ALERT_SLACK_URL_PARAM)
+    else {
+        return Ok(());
+    };
+    let file = stack_agent::secret_file(secret, root, url)
+        .with_context(|| format!("cannot use {url} as the local Slack webhook"))?;
+    stack_agent::write_file(&file, Ownership::Ignore)
+        .with_context(|| format!("cannot write {}", file.path.display()))?;
+    tags.insert(
+        tags::ALERT_SLACK_URL_PARAM.into(),
+        LOCAL_SLACK_PARAMETER.into(),
+    );
+    Ok(())
 }
 
-/// On EC2 the agent fetches `[[secrets]]` from SSM; locally each is a random value created
-/// once in its 0600 file and kept, so a restarted Grafana keeps its admin password.
+/// On EC2 the agent fetches `[[secrets]]` from SSM; locally each required one is a random
+/// value created once in its 0600 file and kept, so a restarted Grafana keeps its admin
+/// password. Optional ones (webhook URLs) exist only where `up` has a value for them.
 fn write_local_secrets(spec: &RoleSpec, layout: &Layout) -> anyhow::Result<()> {
-    for secret in &spec.secrets {
+    for secret in spec.secrets.iter().filter(|s| !s.optional) {
         let path = layout.in_root(&secret.path);
         if path.exists() {
             continue;
@@ -392,16 +413,27 @@ mod tests {
     }
 
     #[test]
-    fn alertmanager_posts_to_the_local_receiver_when_there_is_one() {
+    fn alertmanager_posts_to_the_local_receiver_as_to_slack_when_there_is_one() {
         let dir = tempfile::tempdir().unwrap();
         let layout = Layout::at(dir.path().to_path_buf());
         let registry = registry();
         let running = BTreeSet::from(["app", "prometheus", "alertmanager"]);
-        let url = "http://127.0.0.1:40404/alerts";
+        let url = "http://127.0.0.1:40404/services/local";
         render_roles(&layout, &registry, &running, Some(url)).unwrap();
         let config = layout.in_root("/etc/alertmanager/alertmanager.yml");
         let text = std::fs::read_to_string(&config).unwrap();
-        assert!(text.contains(&format!("url: \"{url}\"")), "{text}");
+        // The config names the file, the file holds the URL (0600), as the agent writes it.
+        let url_file = layout.in_root("/etc/alertmanager/secrets/slack_url");
+        assert!(
+            text.contains(&format!("- api_url_file: \"{}\"", url_file.display())),
+            "{text}"
+        );
+        assert!(!text.contains(url), "{text}");
+        assert!(!text.contains("webhook_configs"), "{text}");
+        assert_eq!(std::fs::read_to_string(&url_file).unwrap(), url);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&url_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
         let prometheus =
             std::fs::read_to_string(layout.in_root("/etc/prometheus/prometheus.yml")).unwrap();
         assert!(
@@ -409,10 +441,10 @@ mod tests {
             "{prometheus}"
         );
 
-        // Without a receiver (a detached stack) the config has no webhook at all.
+        // Without a receiver (a detached stack) the config has no Slack receiver at all.
         render_roles(&layout, &registry, &running, None).unwrap();
         let text = std::fs::read_to_string(&config).unwrap();
-        assert!(!text.contains("webhook_configs"), "{text}");
+        assert!(!text.contains("slack_configs"), "{text}");
     }
 
     #[test]

@@ -535,10 +535,10 @@ fn the_only_parameters_read_are_grafanas_password_and_prometheus_webhook_url() {
         grants,
         [
             "aws_iam_role_policy.grafana_reads_admin_password: role aws_iam_role.instance[\"grafana\"].id may [\"ssm:GetParameter\"] on [\"aws_ssm_parameter.grafana_admin_password.arn\"]",
-            "aws_iam_role_policy.prometheus_reads_alert_webhook: role aws_iam_role.instance[\"prometheus\"].id may [\"ssm:GetParameter\"] on [\"local.alert_webhook_parameter_arn\"]"
+            "aws_iam_role_policy.prometheus_reads_alert_urls: role aws_iam_role.instance[\"prometheus\"].id may [\"ssm:GetParameter\"] on [\"local.alert_url_parameter_arns\"]"
         ],
         "only Grafana may read a parameter, its admin password, and Prometheus the alert \
-         webhook's URL (terraform/alerting.tf)"
+         webhooks' URLs (terraform/alerting.tf)"
     );
 }
 

@@ -196,17 +196,18 @@ fn the_topic_policy_names_only_actions_sns_takes_and_denies_publishing_without_t
     );
 }
 
+/// Sample parameter names for the two webhooks.
+const SLACK_PARAM: &str = "/obstack/alerts/slack-url";
+const WEBHOOK_PARAM: &str = "webhook-url";
+
 #[test]
-fn the_webhook_parameter_is_read_only_by_prometheus_and_only_when_named() {
+fn the_webhook_parameters_are_read_only_by_prometheus_and_only_those_named() {
     let files = parsed_files();
-    let policy = resource(
-        &files,
-        "aws_iam_role_policy",
-        "prometheus_reads_alert_webhook",
-    );
+    let policy = resource(&files, "aws_iam_role_policy", "prometheus_reads_alert_urls");
     assert_eq!(text(attr(policy.body(), "role")), PROMETHEUS_ROLE_ID);
-    assert!(
-        text(attr(policy.body(), "count")).contains("var.alert_webhook_url_parameter == null"),
+    assert_eq!(
+        text(attr(policy.body(), "count")),
+        "length(local.alert_url_parameters) == 0 ? 0 : 1",
         "the read permission exists only with a parameter"
     );
     let document = policy_document(policy.body(), "policy").unwrap();
@@ -217,34 +218,115 @@ fn the_webhook_parameter_is_read_only_by_prometheus_and_only_when_named() {
     assert_eq!(reads.len(), 1, "{document:#}");
     assert_eq!(
         string_list(&reads[0]["Resource"]),
-        ["local.alert_webhook_parameter_arn"]
+        ["local.alert_url_parameter_arns"]
     );
     assert_eq!(string_list(&reads[0]["Action"]), ["ssm:GetParameter"]);
-
-    // The ARN it grants is the named parameter's, with or without a leading slash.
-    let console = Console::new(&files);
-    let arn_of = |name: &str| {
-        console.eval(
-            &[("alert_webhook_url_parameter", name)],
-            "\"parameter/${trimprefix(var.alert_webhook_url_parameter, \"/\")}\"",
-        )
-    };
+    let decrypt = statements(&document)
+        .into_iter()
+        .find(|s| allows(s) && grants(s, "kms:Decrypt"))
+        .unwrap_or_else(|| panic!("no kms:Decrypt: {document:#}"));
+    let equals = &decrypt["Condition"]["StringEquals"];
     assert_eq!(
-        arn_of("/obstack/alerts/webhook-url"),
-        "parameter/obstack/alerts/webhook-url"
+        equals["kms:EncryptionContext:PARAMETER_ARN"], "local.alert_url_parameter_arns",
+        "only in those parameters' encryption context: {document:#}"
     );
-    assert_eq!(arn_of("webhook-url"), "parameter/webhook-url");
-    let local = terraform_support::top_blocks(&files, "locals")
-        .iter()
-        .flat_map(|b| b.body().attributes())
-        .find(|a| a.key() == "alert_webhook_parameter_arn")
-        .map(|a| a.expr().to_string())
-        .expect("local.alert_webhook_parameter_arn");
     assert!(
-        local.contains(":ssm:${var.region}:")
-            && local.contains("parameter/${trimprefix(var.alert_webhook_url_parameter, \"/\")}"),
-        "{local}"
+        equals["kms:ViaService"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("ssm.${var.region}."),
+        "only through SSM: {document:#}"
     );
+    assert_eq!(string_list(&decrypt["Resource"]), ["aws_kms_key.stack.arn"]);
+
+    // Exactly the named parameters, each once, by the tag that names it; the ARNs with or
+    // without a leading slash (the partition and account, which need the provider, stand
+    // in as text).
+    let console = Console::new(&files);
+    let parameters = terraform_support::local_expr(&files, "alert_url_parameters");
+    let arns = terraform_support::local_expr(&files, "alert_url_parameter_arns")
+        .replace("${data.aws_partition.current.partition}", "aws")
+        .replace(
+            "${data.aws_caller_identity.current.account_id}",
+            "123456789012",
+        )
+        .replace("local.alert_url_parameters", &format!("({parameters})"));
+    let region = ("region", "eu-west-1");
+    let both = [
+        region,
+        ("alert_slack_webhook_url_parameter", SLACK_PARAM),
+        ("alert_webhook_url_parameter", WEBHOOK_PARAM),
+    ];
+    assert_eq!(
+        console.eval_expr(&both, &parameters),
+        serde_json::json!({
+            "obstack:alert-slack-url-param": SLACK_PARAM,
+            "obstack:alert-webhook-url-param": WEBHOOK_PARAM,
+        })
+    );
+    assert_eq!(
+        console.eval_expr(&both, &arns),
+        serde_json::json!([
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/obstack/alerts/slack-url",
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/webhook-url",
+        ])
+    );
+    let slack_only = [region, ("alert_slack_webhook_url_parameter", SLACK_PARAM)];
+    assert_eq!(
+        console.eval_expr(&slack_only, &arns),
+        serde_json::json!([
+            "arn:aws:ssm:eu-west-1:123456789012:parameter/obstack/alerts/slack-url"
+        ])
+    );
+    assert_eq!(
+        console.eval_expr(&[region], &parameters),
+        serde_json::json!({})
+    );
+}
+
+#[test]
+fn the_webhook_tags_carry_the_keys_the_agent_reads_and_wait_for_the_permission() {
+    let files = parsed_files();
+    let tag = resource(&files, "aws_ec2_tag", "alert_url_param");
+    assert_eq!(
+        text(attr(tag.body(), "for_each")),
+        "local.alert_url_parameters"
+    );
+    assert_eq!(text(attr(tag.body(), "key")), "each.key");
+    assert_eq!(text(attr(tag.body(), "value")), "each.value");
+    assert!(
+        depends_on(tag.body())
+            .iter()
+            .any(|w| w == "aws_iam_role_policy.prometheus_reads_alert_urls"),
+        "{} does not wait for the read permission",
+        address(tag)
+    );
+    // The keys are the agent's, and the Prometheus role reads each (images/prometheus).
+    let console = Console::new(&files);
+    let keys = console.eval_expr(
+        &[
+            ("alert_slack_webhook_url_parameter", SLACK_PARAM),
+            ("alert_webhook_url_parameter", WEBHOOK_PARAM),
+        ],
+        &format!(
+            "keys({})",
+            terraform_support::local_expr(&files, "alert_url_parameters")
+        ),
+    );
+    assert_eq!(
+        string_list(&keys),
+        [
+            stack_agent::tags::ALERT_SLACK_URL_PARAM,
+            stack_agent::tags::ALERT_WEBHOOK_URL_PARAM
+        ]
+    );
+    let spec = stack_agent::RoleSpec::load(&xtask::project::images_dir(), "prometheus").unwrap();
+    for key in string_list(&keys) {
+        assert!(
+            spec.secrets.iter().any(|s| s.name_tag == key && s.optional),
+            "the prometheus role reads no optional secret named by {key}"
+        );
+    }
 }
 
 #[test]
@@ -267,19 +349,9 @@ fn the_alert_tags_wait_for_the_permissions_they_announce() {
             address(sns)
         );
     }
-    let webhook = resource(&files, "aws_ec2_tag", "alert_webhook_url_param");
-    assert_eq!(
-        text(attr(webhook.body(), "key")),
-        "\"obstack:alert-webhook-url-param\""
-    );
-    assert!(
-        depends_on(webhook.body())
-            .iter()
-            .any(|w| w == "aws_iam_role_policy.prometheus_reads_alert_webhook"),
-        "{} does not wait for the read permission",
-        address(webhook)
-    );
-    for tag in [sns, webhook] {
+    let webhook = resource(&files, "aws_ec2_tag", "alert_url_param");
+    let grafana = resource(&files, "aws_ec2_tag", "grafana_url");
+    for tag in [sns, webhook, grafana] {
         assert_eq!(
             text(attr(tag.body(), "resource_id")),
             "aws_instance.role[\"prometheus\"].id",
@@ -323,8 +395,12 @@ fn the_alert_variables_refuse_what_aws_would() {
     let console = Console::new(&parsed_files());
     // Both are off by default, and the defaults pass the validations.
     assert_eq!(
-        console.eval(&[], "[var.alert_email, var.alert_webhook_url_parameter]"),
-        serde_json::json!([null, null])
+        console.eval(
+            &[],
+            "[var.alert_email, var.alert_slack_webhook_url_parameter, \
+             var.alert_webhook_url_parameter, var.alert_grafana_url]"
+        ),
+        serde_json::json!([null, null, null, null])
     );
     for good in ["oncall@example.com", "a.b+alerts@mail.example.org"] {
         assert!(
@@ -343,22 +419,101 @@ fn the_alert_variables_refuse_what_aws_would() {
             "alert_email {bad} accepted"
         );
     }
-    for good in ["/obstack/alerts/webhook-url", "webhook_url"] {
-        assert!(
-            console.accepts("alert_webhook_url_parameter", good),
-            "{good} refused"
-        );
-    }
-    // A URL where the parameter's name belongs would put the secret in a tag.
-    for bad in [
-        "https://hooks.slack.com/services/T0/B0/X",
-        "a b",
-        "/obstack//x",
-        "",
+    for variable in [
+        "alert_slack_webhook_url_parameter",
+        "alert_webhook_url_parameter",
     ] {
-        assert!(
-            !console.accepts("alert_webhook_url_parameter", bad),
-            "{bad:?} accepted"
-        );
+        for good in ["/obstack/alerts/webhook-url", "webhook_url"] {
+            assert!(console.accepts(variable, good), "{variable} {good} refused");
+        }
+        // A URL where the parameter's name belongs would put the secret in a tag.
+        for bad in [
+            "https://hooks.slack.com/services/T0/B0/X",
+            "https://events.example.com/v1/x",
+            "a b",
+            "/obstack//x",
+            "",
+        ] {
+            assert!(
+                !console.accepts(variable, bad),
+                "{variable} {bad:?} accepted"
+            );
+        }
     }
+}
+
+/// Sample values for `alert_grafana_url`, good and bad, edge cases included.
+const GRAFANA_URLS: &[&str] = &[
+    "https://grafana.example.com",
+    "https://grafana.example.com/",
+    "http://10.0.1.13:3000",
+    "http://203.0.113.7:3000/grafana/",
+    "https://ops.example.com/tools/grafana",
+    "https://a.b-c.example",
+    "http://grafana:65535",
+    "grafana.example.com",
+    "ftp://grafana.example.com",
+    "https://",
+    "https://grafana.example.com:0",
+    "https://grafana.example.com:65536",
+    "https://grafana.example.com:99999",
+    "https://10.0.0.256",
+    "https://10.0.0",
+    "https://123",
+    "https://a..b",
+    "https://-a.example.com",
+    "https://a-.example.com",
+    "https://grafana_example.com",
+    "https://grafana.example.com/d?x=1",
+    "https://grafana.example.com/a|b",
+    "https://grafana.example.com#x",
+    "https://admin:pw@grafana.example.com",
+    "https://gra fana.example.com",
+    "https://[fd00::1]:3000",
+];
+
+#[test]
+fn the_grafana_url_is_refused_by_terraform_whenever_the_agent_would_refuse_its_tag() {
+    let console = Console::new(&parsed_files());
+    let spec = stack_agent::RoleSpec::load(&xtask::project::images_dir(), "prometheus").unwrap();
+    let agent_accepts = |url: &str| {
+        let tags = stack_agent::tags::Tags::from([
+            ("obstack:peer:app".to_string(), "10.0.1.10".to_string()),
+            (stack_agent::tags::GRAFANA_URL.to_string(), url.to_string()),
+        ]);
+        match stack_agent::render_spec(&spec, &tags, "/r", "i-0123456789abcdef0") {
+            Ok(_) => true,
+            Err(stack_agent::AgentError::BadTag { key, .. }) => {
+                assert_eq!(key, stack_agent::tags::GRAFANA_URL);
+                false
+            }
+            Err(other) => panic!("{url}: {other}"),
+        }
+    };
+    let mut accepted = Vec::new();
+    for url in GRAFANA_URLS {
+        let terraform = console.accepts("alert_grafana_url", url);
+        let agent = agent_accepts(url);
+        assert!(
+            !terraform || agent,
+            "Terraform accepts alert_grafana_url {url:?}, the agent refuses the tag: the \
+             stack would deploy and Prometheus' agent would fail"
+        );
+        if terraform {
+            accepted.push(*url);
+        }
+    }
+    assert_eq!(
+        accepted,
+        [
+            "https://grafana.example.com",
+            "https://grafana.example.com/",
+            "http://10.0.1.13:3000",
+            "http://203.0.113.7:3000/grafana/",
+            "https://ops.example.com/tools/grafana",
+            "https://a.b-c.example",
+            "http://grafana:65535",
+        ],
+        "the validation refuses a good address"
+    );
 }

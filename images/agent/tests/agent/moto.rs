@@ -77,6 +77,15 @@ impl Aws {
         self.runtime.block_on(request.send()).unwrap();
     }
 
+    /// Removes tags (by key) from an instance.
+    fn untag(&self, instance: &str, keys: &[&str]) {
+        let mut request = self.ec2.delete_tags().resources(instance);
+        for key in keys {
+            request = request.tags(Tag::builder().key(*key).build());
+        }
+        self.runtime.block_on(request.send()).unwrap();
+    }
+
     fn put_secure_string(&self, name: &str, value: &str) {
         self.runtime
             .block_on(
@@ -354,81 +363,112 @@ fn prometheus_on_moto(moto: &Moto, root: &Path, instance: &str, extra: &[&str]) 
 }
 
 #[test]
-fn the_alert_webhook_url_comes_from_ssm_into_alertmanagers_config_and_no_log() {
+fn the_alert_urls_come_from_ssm_into_their_own_files_and_no_log() {
     let moto = Moto::start();
     let aws = Aws::new(&moto);
-    let url = "https://hooks.example.com/services/T0SECRET/B0SECRET/xyzzy";
-    aws.put_secure_string("/obstack/test/alert-webhook-url", &format!("{url}\n"));
+    let slack = "https://hooks.slack.com/services/T0SECRET/B0SECRET/xyzzy";
+    let webhook = "https://events.example.com/v1/SECRET-token";
+    aws.put_secure_string("/obstack/test/alert-slack-url", &format!("{slack}\n"));
+    aws.put_secure_string("/obstack/test/alert-webhook-url", webhook);
     let instance = aws.launch(&[
         ("obstack:role", "prometheus"),
         ("obstack:peer:app", "10.0.1.10"),
+        (
+            "obstack:alert-slack-url-param",
+            "/obstack/test/alert-slack-url",
+        ),
         (
             "obstack:alert-webhook-url-param",
             "/obstack/test/alert-webhook-url",
         ),
     ]);
     let root = tempfile::tempdir().unwrap();
+    let slack_file = root.path().join("etc/alertmanager/secrets/slack_url");
+    let webhook_file = root.path().join("etc/alertmanager/secrets/webhook_url");
 
-    // Dry-run: nothing fetched, and the file that would hold the URL is not printed.
+    // Dry-run: nothing fetched; the config, which names the files only, is printed.
     let dry = run(
         &mut prometheus_on_moto(&moto, root.path(), &instance, &["--dry-run"]),
         Duration::from_secs(60),
     );
     assert_eq!(dry.status.code(), Some(0), "{}", stderr(&dry));
     let printed = stdout(&dry);
-    assert!(
-        printed.contains("would write secret ") && printed.contains("alertmanager.yml"),
-        "{printed}"
-    );
-    assert!(!printed.contains("webhook_configs"), "{printed}");
+    for wanted in [
+        format!(
+            "would write secret {} from SSM parameter /obstack/test/alert-slack-url",
+            slack_file.display()
+        ),
+        format!("api_url_file: \"{}\"", slack_file.display()),
+        format!("url_file: \"{}\"", webhook_file.display()),
+    ] {
+        assert!(printed.contains(&wanted), "`{wanted}` not in:\n{printed}");
+    }
+    assert!(!printed.contains("SECRET"), "{printed}");
 
     let output = run(
         &mut prometheus_on_moto(&moto, root.path(), &instance, &[]),
         Duration::from_secs(60),
     );
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // The trailing line break of the parameter is not part of the URL.
+    assert_eq!(read(&slack_file), slack);
+    assert_eq!(read(&webhook_file), webhook);
+    assert_eq!((mode(&slack_file), mode(&webhook_file)), (0o600, 0o600));
     let config_path = root.path().join("etc/alertmanager/alertmanager.yml");
     let config = read(&config_path);
-    assert!(config.contains(&format!("- url: \"{url}\"\n")), "{config}");
-    assert_eq!(mode(&config_path), 0o640);
+    assert!(!config.contains("SECRET"), "{config}");
     let logged = format!("{}{}", stderr(&output), stdout(&output));
-    assert!(!logged.contains("SECRET"), "the URL was logged: {logged}");
+    assert!(!logged.contains("SECRET"), "a URL was logged: {logged}");
     assert!(
         logged.contains("wrote secret ") && !logged.contains("warning:"),
         "{logged}"
     );
 
-    // A value that could break out of its quoted string is refused, naming the parameter
-    // but not the value, and the file keeps its last good contents.
-    aws.put_secure_string(
-        "/obstack/test/alert-webhook-url",
-        "https://x\" evil: SECRET",
-    );
+    let quick = [
+        "--wait-timeout",
+        "0.3",
+        "--min-delay",
+        "0.05",
+        "--max-delay",
+        "0.1",
+    ];
+    // A Slack URL where Alertmanager posts its own JSON is refused, naming the parameter
+    // and the fix but not the value; every file keeps its last good contents.
+    aws.put_secure_string("/obstack/test/alert-webhook-url", slack);
     let refused = run(
-        &mut prometheus_on_moto(
-            &moto,
-            root.path(),
-            &instance,
-            &[
-                "--wait-timeout",
-                "0.3",
-                "--min-delay",
-                "0.05",
-                "--max-delay",
-                "0.1",
-            ],
-        ),
+        &mut prometheus_on_moto(&moto, root.path(), &instance, &quick),
         Duration::from_secs(60),
     );
     assert_ne!(refused.status.code(), Some(0));
     let message = stderr(&refused);
-    assert!(
-        message.contains("/obstack/test/alert-webhook-url"),
-        "{message}"
-    );
+    for wanted in [
+        "/obstack/test/alert-webhook-url",
+        "400 no_text",
+        "alert_slack_webhook_url_parameter",
+    ] {
+        assert!(message.contains(wanted), "`{wanted}` not in: {message}");
+    }
     assert!(
         !message.contains("SECRET"),
         "the value was logged: {message}"
     );
+    assert_eq!(read(&webhook_file), webhook);
     assert_eq!(read(&config_path), config);
+
+    // The webhook's tag removed: its file goes, and the config no longer names it.
+    aws.untag(&instance, &["obstack:alert-webhook-url-param"]);
+    let untagged = run(
+        &mut prometheus_on_moto(&moto, root.path(), &instance, &quick),
+        Duration::from_secs(60),
+    );
+    assert_eq!(untagged.status.code(), Some(0), "{}", stderr(&untagged));
+    assert!(!webhook_file.exists(), "the unused URL stays on disk");
+    assert!(
+        stderr(&untagged).contains(&format!("removed secret {}", webhook_file.display())),
+        "{}",
+        stderr(&untagged)
+    );
+    let config = read(&config_path);
+    assert!(!config.contains("webhook_configs"), "{config}");
+    assert!(config.contains("slack_configs"), "{config}");
 }

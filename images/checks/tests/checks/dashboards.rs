@@ -460,13 +460,8 @@ fn node_exporter_metrics() -> BTreeSet<String> {
 fn scrape_alertmanager() -> BTreeSet<String> {
     let dir = tempfile::tempdir().unwrap();
     let tags = stack::sample_tags("prometheus");
-    let files = alerting::render_prometheus_role(&tags, None, dir.path());
-    let config = dir.path().join("alertmanager.yml");
-    std::fs::write(
-        &config,
-        &alerting::rendered(&files, dir.path(), alerting::CONFIG_PATH).contents,
-    )
-    .unwrap();
+    let files = alerting::render_prometheus_role(&tags, alerting::Urls::default(), dir.path());
+    let config = alerting::write_config(&files, dir.path(), dir.path(), &[]);
     let alertmanager = alerting::start_alertmanager(&config, dir.path());
     let text = reqwest::blocking::get(format!("{}/metrics", alertmanager.url()))
         .and_then(|r| r.text())
