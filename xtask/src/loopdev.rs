@@ -22,6 +22,12 @@ impl LoopDevice {
             .with_context(|| format!("cannot create {}", backing.display()))?;
         file.set_len(size)
             .with_context(|| format!("cannot size {} to {size} bytes", backing.display()))?;
+        LoopDevice::attach(backing)
+    }
+
+    /// Attaches an existing file (a copy of another volume's, standing in for a volume made
+    /// from a snapshot) to a free loop device.
+    pub fn attach(backing: &Path) -> anyhow::Result<LoopDevice> {
         let device = Cmd::new(
             "losetup",
             ["--find".as_ref(), "--show".as_ref(), backing.as_os_str()],
@@ -57,6 +63,22 @@ impl LoopDevice {
 
     pub fn backing(&self) -> &Path {
         &self.backing
+    }
+
+    /// Enlarges the backing file to `size` bytes and makes the device see it, as EBS shows
+    /// an attached volume its new size after `ModifyVolume`.
+    pub fn grow_to(&self, size: u64) -> anyhow::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.backing)
+            .and_then(|file| file.set_len(size))
+            .with_context(|| format!("cannot size {} to {size} bytes", self.backing.display()))?;
+        Cmd::new(
+            "losetup",
+            ["--set-capacity".as_ref(), self.device.as_os_str()],
+        )
+        .read_quietly()
+        .map(|_| ())
     }
 }
 

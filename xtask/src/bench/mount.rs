@@ -75,6 +75,8 @@ fn one_volume(data: &DataSpec) -> anyhow::Result<(Duration, Duration)> {
         },
         device_timeout: Duration::from_secs(10),
         poll: Duration::from_millis(250),
+        late_timeout: Duration::ZERO,
+        late_max_delay: Duration::ZERO,
         dry_run: false,
     };
     let boot = |name: &str| -> anyhow::Result<Duration> {
