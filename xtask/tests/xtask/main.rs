@@ -5,6 +5,7 @@
 
 mod bake;
 mod bake_support;
+mod data_lifecycle;
 mod deploy;
 mod fifth_role;
 mod health;
