@@ -18,6 +18,7 @@ mod rollout;
 mod terraform;
 mod terraform_alerting;
 mod terraform_constraints;
+mod terraform_data;
 mod terraform_fleet;
 mod terraform_loki_s3;
 mod terraform_support;

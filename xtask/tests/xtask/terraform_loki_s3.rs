@@ -127,8 +127,8 @@ fn the_bucket_exists_only_with_s3_and_is_encrypted_with_the_stack_key_and_closed
     );
     assert_eq!(
         text(attr(default, "kms_master_key_id")),
-        "aws_kms_key.stack.arn",
-        "the stack's rotating key, not S3's own"
+        "aws_kms_key.data.arn",
+        "the data key (rotating, kept by destroy), not S3's own"
     );
     assert_eq!(
         attr(rule, "bucket_key_enabled"),
@@ -390,7 +390,7 @@ fn only_loki_lists_the_bucket_and_touches_its_objects_and_nobody_holds_s3_wildca
     let mut actions = string_list(&kms[0]["Action"]);
     actions.sort();
     assert_eq!(actions, ["kms:Decrypt", "kms:GenerateDataKey"]);
-    assert_eq!(string_list(&kms[0]["Resource"]), ["aws_kms_key.stack.arn"]);
+    assert_eq!(string_list(&kms[0]["Resource"]), ["aws_kms_key.data.arn"]);
     let equals = &kms[0]["Condition"]["StringEquals"];
     assert!(
         equals["kms:ViaService"]
