@@ -217,7 +217,8 @@ pub fn prepare(
         }
     }
 
-    match lay_out(data, root, &mount_point) {
+    let formatted = outcome.action == Action::Formatted;
+    match lay_out(data, root, &mount_point, formatted) {
         Ok(reowned) => outcome.reowned = reowned,
         Err(message) => {
             // Never leave the volume mounted half prepared; the next boot starts over.
@@ -526,8 +527,14 @@ fn is_mounted_at(device: &Path, mount_point: &Path) -> Result<bool, String> {
 
 /// The volume's top directory and `[data].dirs` with their owner and mode, then every
 /// file's owner when the ids recorded on the volume are not this image's
-/// ([`owners::repair`], once per change, logged).
-fn lay_out(data: &DataSpec, root: &str, mount_point: &Path) -> Result<Option<Reowned>, String> {
+/// ([`owners::repair`], once per change, logged). A volume just `formatted` holds no file
+/// to repair: it only gets its record.
+fn lay_out(
+    data: &DataSpec,
+    root: &str,
+    mount_point: &Path,
+    formatted: bool,
+) -> Result<Option<Reowned>, String> {
     let expected = owners::expected(data)?;
     set_owner(mount_point, &expected[0], data.mode.0)?;
     for (dir, owner) in data.dirs.iter().zip(&expected[1..]) {
@@ -535,6 +542,10 @@ fn lay_out(data: &DataSpec, root: &str, mount_point: &Path) -> Result<Option<Reo
         std::fs::create_dir_all(&path)
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         set_owner(&path, owner, dir.mode.0)?;
+    }
+    if formatted {
+        owners::write_record(mount_point, &expected)?;
+        return Ok(None);
     }
     let Some(reason) = owners::stale(mount_point, &expected) else {
         return Ok(None);

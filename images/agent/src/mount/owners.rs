@@ -207,7 +207,7 @@ pub fn repair(mount_point: &Path, owners: &[Owner], reason: String) -> Result<Re
 }
 
 /// Writes the record atomically (a whole file or the old one, never half of one).
-fn write_record(mount_point: &Path, owners: &[Owner]) -> Result<(), String> {
+pub fn write_record(mount_point: &Path, owners: &[Owner]) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let fail =
