@@ -108,6 +108,7 @@ impl Terraform {
     /// state; empty when there is no state.
     pub fn state_list(&self) -> anyhow::Result<Vec<String>> {
         let command = self.command(args(&["state", "list"]));
+        eprintln!("$ {command}");
         let output = command
             .expression()
             .stdout_capture()

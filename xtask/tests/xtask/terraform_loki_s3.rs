@@ -1,5 +1,5 @@
 //! Loki's chunks on S3 (issue 19, `terraform/loki_storage.tf`): with `loki_storage = "s3"`
-//! a bucket encrypted with the stack's key, closed to the public, to ACLs and to plain HTTP,
+//! a bucket encrypted with the data key, closed to the public, to ACLs and to plain HTTP,
 //! whose objects expire after Loki's retention (read from Loki's own config) plus a margin;
 //! a name S3 accepts for every deployment name; Loki's role, and no other, holding exactly
 //! the bucket's list and object actions (no `s3:*`) and the key only through S3; the three
@@ -376,7 +376,7 @@ fn only_loki_lists_the_bucket_and_touches_its_objects_and_nobody_holds_s3_wildca
     );
     assert_eq!(count(&console, &with(&ON_S3), policy), 1);
 
-    // The stack's key, through S3 in this region and for this bucket only.
+    // The data key, through S3 in this region and for this bucket only.
     let document = policy_document(policy.body(), "policy").unwrap();
     let kms: Vec<&Value> = statements(&document)
         .into_iter()
