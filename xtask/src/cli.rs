@@ -260,6 +260,9 @@ pub struct RestoreArgs {
     /// How long to wait for the role and the roles that read it to become healthy, e.g. `10m`.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub health_timeout: Duration,
+    /// How long the role's checks of `verify` wait for the test request's log line and for scrapes, e.g. `60s`.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub verify_deadline: Duration,
 }
 
 #[derive(Debug, Args)]

@@ -265,7 +265,16 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<()> {
     let (outputs, region) = deployed_outputs(args.region)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let instances = runtime.block_on(instance_status(&region, &outputs))?;
-    let snapshots = runtime.block_on(snapshot_status(&region, &outputs))?;
+    // The snapshots are a part of the picture, not a reason to show none of it.
+    let snapshots = runtime
+        .block_on(snapshot_status(&region, &outputs))
+        .unwrap_or_else(|error| {
+            eprintln!(
+                "warning: cannot list the data volumes' snapshots: {}",
+                crate::report::one_line(&error)
+            );
+            Vec::new()
+        });
     let auth = runtime.block_on(grafana_auth(&region, &outputs));
     let checks = health::stack_checks(&stack_endpoints(&outputs, auth));
     let health = Checker::new(HEALTH_REQUEST_TIMEOUT)?.run_all(&checks);

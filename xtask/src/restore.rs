@@ -27,10 +27,6 @@ use crate::roles::Registry;
 use crate::snapshots::{self, Reference, Snapshot};
 use crate::verify;
 
-/// How long `verify`'s checks of the role wait for a scrape and for the test request's log
-/// line: its own defaults.
-const VERIFY_DEADLINE: Duration = Duration::from_secs(60);
-
 pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let registry = Registry::load_default()?;
     let role = registry.role(&args.role)?;
@@ -141,7 +137,11 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     let auth = runtime.block_on(deploy::grafana_auth(&region, &outputs));
     let endpoints = deploy::stack_endpoints(&outputs, auth);
     let gate = rollout::gate_roles(&registry, &role.name);
-    let checks = health::checks_for_roles(&endpoints, &gate);
+    let mut checks = health::checks_for_roles(&endpoints, &gate);
+    if checks.is_empty() {
+        // As deploy's gate: what can be checked from here, when nothing speaks for the role.
+        checks = health::stack_checks(&endpoints);
+    }
     deploy::wait_for_health(
         &Checker::new(deploy::HEALTH_REQUEST_TIMEOUT)?,
         &checks,
@@ -157,8 +157,8 @@ pub fn run(args: RestoreArgs) -> anyhow::Result<()> {
     // Then the role's own checks of `verify`.
     let target = verify::target::Target::deployed(&registry, &endpoints)?;
     let options = verify::Options {
-        log_deadline: VERIFY_DEADLINE,
-        metrics_deadline: VERIFY_DEADLINE,
+        log_deadline: args.verify_deadline,
+        metrics_deadline: args.verify_deadline,
         require_all: false,
     };
     let report = verify::verify(&target, &options);

@@ -197,9 +197,16 @@ async fn refuse_snapshots_under_the_stack_key(
     if outputs.data_volume_ids.is_empty() {
         return Ok(());
     }
+    // By filter, not by id: a volume already gone (deleted by hand) leaves no snapshot to
+    // worry about, and must not stop the destroy.
     let described = client
         .describe_volumes()
-        .set_volume_ids(Some(outputs.data_volume_ids.values().cloned().collect()))
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("volume-id")
+                .set_values(Some(outputs.data_volume_ids.values().cloned().collect()))
+                .build(),
+        )
         .send()
         .await
         .context("cannot describe the data volumes (ec2:DescribeVolumes)")?;

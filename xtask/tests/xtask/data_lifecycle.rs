@@ -127,14 +127,25 @@ impl Stack {
     /// and the provider tag them; its id.
     fn snapshot(&self, region: &str, role: &str, deployment: &str) -> String {
         let client = ec2(&self.moto, region);
-        self.runtime.block_on(async {
-            let volume = client
+        let volume = self.runtime.block_on(async {
+            client
                 .create_volume()
                 .availability_zone(format!("{region}a"))
                 .size(20)
                 .send()
                 .await
-                .unwrap();
+                .unwrap()
+                .volume_id()
+                .unwrap()
+                .to_string()
+        });
+        self.snapshot_of(region, &volume, role, deployment)
+    }
+
+    /// A completed, tagged snapshot of `volume`; its id.
+    fn snapshot_of(&self, region: &str, volume: &str, role: &str, deployment: &str) -> String {
+        let client = ec2(&self.moto, region);
+        self.runtime.block_on(async {
             let tags = TagSpecification::builder()
                 .resource_type(ResourceType::Snapshot)
                 .tags(Tag::builder().key("obstack:role").value(role).build())
@@ -147,7 +158,7 @@ impl Stack {
                 .build();
             client
                 .create_snapshot()
-                .volume_id(volume.volume_id().unwrap())
+                .volume_id(volume)
                 .tag_specifications(tags)
                 .send()
                 .await
@@ -525,4 +536,69 @@ fn status_lists_each_stateful_roles_newest_snapshot_and_its_age() {
         .find(|l| l.contains("grafana") && l.contains("none yet"))
         .unwrap_or_else(|| panic!("grafana has none of its own:\n{stdout}"));
     assert!(!grafana.contains("snap-"), "{grafana}");
+}
+
+#[test]
+fn restore_applies_then_passes_the_roles_health_gate_and_its_checks_and_names_the_way_back() {
+    let stack = Stack::new(|_| DATA_KEY);
+    let chosen = stack.snapshot(REGION, "loki", DEPLOYMENT);
+    // What the replaced volume leaves (the stand-in Terraform destroys nothing).
+    let final_snapshot = stack.snapshot_of(REGION, &stack.volumes["loki"], "loki", DEPLOYMENT);
+    // The roles that read Loki, on loopback: the app, and Prometheus scraping it.
+    let services = tempfile::tempdir().unwrap();
+    let (_app, app_port) = testkit::services::start_app(services.path());
+    let (_prometheus, prometheus_port) =
+        testkit::services::start_prometheus(services.path(), app_port);
+    let stack = Stack {
+        terraform: stack.terraform.with_outputs(json!({
+            "urls": {
+                "app": format!("http://127.0.0.1:{app_port}"),
+                "prometheus": format!("http://127.0.0.1:{prometheus_port}"),
+            },
+            "exposed": {"app": true, "prometheus": true, "loki": false, "grafana": false},
+        })),
+        ..stack
+    };
+
+    let stdout = succeeded(&stack.xtask(&[
+        "restore",
+        "--role",
+        "loki",
+        "--snapshot",
+        &chosen,
+        "--auto-approve",
+        "--health-timeout",
+        "2m",
+        // The stand-ins answer only part of verify's checks; the rest need not be waited for.
+        "--verify-deadline",
+        "5s",
+        "--var-file",
+        &stack.var_file,
+    ]));
+    let lines = stack.terraform.command_lines();
+    let planned = lines
+        .iter()
+        .position(|l| l.contains(" plan "))
+        .expect("a plan");
+    assert!(lines[planned].contains("-replace=aws_ebs_volume.data[\"loki\"]"));
+    assert!(
+        lines[planned + 1..].iter().any(|l| l.contains(" apply ")),
+        "{lines:#?}"
+    );
+    // Loki's own checks of `verify` ran (Loki is not reachable from here: not checked).
+    assert!(stdout.contains("request logged in loki"), "{stdout}");
+    assert!(
+        !stdout.contains("prometheus targets"),
+        "only loki's checks: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("loki restored from {chosen}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "`cargo xtask restore --role loki --snapshot {final_snapshot}` puts it back"
+        )),
+        "{stdout}"
+    );
 }
