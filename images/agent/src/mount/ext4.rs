@@ -130,9 +130,14 @@ pub fn check(device: &Path, full: bool) -> Result<Checked, CheckError> {
             "e2fsck -p exit code {code}: {}",
             findings.join("; ")
         ))),
+        // e2fsck says why first (`/dev/nvme1n1 is in use.`), then `Cannot continue, aborting.`
         _ => Err(CheckError::Failed(format!(
-            "e2fsck {} {device_name} failed ({})",
+            "e2fsck {} {device_name} failed ({}{})",
             flags.join(" "),
+            findings
+                .iter()
+                .map(|line| format!("{line} "))
+                .collect::<String>(),
             ran.reason()
         ))),
     }
