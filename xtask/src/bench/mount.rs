@@ -142,7 +142,7 @@ fn repair_and_grow(data: &DataSpec) -> anyhow::Result<Measured> {
         ],
     )
     .read_quietly()?;
-    unmount(&first.mount_point)?;
+    unmount(&first.mount_point, &device)?;
 
     // What the crash left, attached as a volume and mounted by the next boot.
     let crashed = LoopDevice::attach(&crashed_image)?;
@@ -154,7 +154,7 @@ fn repair_and_grow(data: &DataSpec) -> anyhow::Result<Measured> {
         &root("after-crash"),
         &crashed_options,
     )?;
-    unmount(&repaired.mount_point)?;
+    unmount(&repaired.mount_point, &crashed)?;
     drop(crashed);
     let repair = repaired
         .repaired
@@ -165,7 +165,7 @@ fn repair_and_grow(data: &DataSpec) -> anyhow::Result<Measured> {
     // The operator enlarges the (cleanly unmounted) volume; the next boot grows it.
     device.grow_to(GROWN_GIB * GIB)?;
     let grown = mount::prepare(data, &volume, &root("bigger"), &options)?;
-    unmount(&grown.mount_point)?;
+    unmount(&grown.mount_point, &device)?;
     let grow = grown
         .grown
         .as_ref()
@@ -226,7 +226,7 @@ fn one_volume(data: &DataSpec) -> anyhow::Result<(Duration, Duration)> {
     let boot = |name: &str| -> anyhow::Result<Duration> {
         let root = dir.path().join(name);
         let mounted = mount::prepare(data, &volume, &root.display().to_string(), &options)?;
-        unmount(&mounted.mount_point)?;
+        unmount(&mounted.mount_point, &device)?;
         Ok(mounted.elapsed)
     };
     let first = boot("first")?;
@@ -235,8 +235,12 @@ fn one_volume(data: &DataSpec) -> anyhow::Result<(Duration, Duration)> {
     Ok((first, later))
 }
 
-fn unmount(path: &Path) -> anyhow::Result<()> {
-    Cmd::new("umount", [path]).read_quietly().map(|_| ())
+/// Unmounts, and waits until the filesystem is closed everywhere
+/// ([`LoopDevice::wait_until_closed`]): the next boot must find it as a stopped instance
+/// leaves it.
+fn unmount(path: &Path, device: &LoopDevice) -> anyhow::Result<()> {
+    Cmd::new("umount", [path]).read_quietly()?;
+    device.wait_until_closed(Duration::from_secs(600))
 }
 
 /// The role's `[data]` with root as every owner (the role's users are not on this machine).

@@ -136,7 +136,7 @@ pub fn check(device: &Path, full: bool) -> Result<Checked, CheckError> {
             flags.join(" "),
             findings
                 .iter()
-                .map(|line| format!("{line} "))
+                .map(|line| format!("{line}; "))
                 .collect::<String>(),
             ran.reason()
         ))),

@@ -9,7 +9,7 @@
 use crate::common;
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -177,35 +177,14 @@ fn assert_ok(output: &Output) -> String {
     text
 }
 
-/// Unmounts `path` (from `device`) as an instance that stops does, and waits until the
-/// filesystem is really closed. A mount namespace another process makes meanwhile (the
-/// provisioning rehearsal's commands, any container on this machine) copies every mount of
-/// the moment and keeps it until its last process exits: the filesystem then stays open
-/// (its journal marked in use), which no EBS volume detached from a stopped instance is.
-fn umount(path: &Path, device: &Path) {
+/// Unmounts `path` (from `device`), as an instance that stops does, and waits until the
+/// filesystem is really closed (a mount namespace made meanwhile keeps it open).
+fn umount(path: &Path, device: &LoopDevice) {
     let output = Command::new("umount").arg(path).output().unwrap();
     assert!(output.status.success(), "{}", stderr(&output));
-    let deadline = std::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        // O_EXCL on a block device: refused (EBUSY) while any namespace has it mounted.
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_EXCL)
-            .open(device);
-        match opened {
-            Ok(_) => return,
-            Err(error)
-                if error.raw_os_error() == Some(nix::libc::EBUSY)
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(500));
-            }
-            Err(error) => panic!(
-                "{} is still in use 10 minutes after it was unmounted: {error}",
-                device.display()
-            ),
-        }
-    }
+    device
+        .wait_until_closed(Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Every file and directory under `dir` (the mount step's record and `lost+found` aside),
@@ -357,7 +336,7 @@ fn first_boot_formats_and_a_new_instance_mounts_the_same_data_without_formatting
     );
 
     // The old instance stops: unmounted, detached. A new one (fresh root disk) gets it.
-    umount(&data, volume.device.path());
+    umount(&data, &volume.device);
     let second = volume.root("second");
     let data = second.join("var/lib/stateful");
     // Ownership is enforced on every boot, not only after formatting.
@@ -622,7 +601,7 @@ fn an_ext4_volume_not_cleanly_unmounted_is_checked_before_it_is_mounted() {
     assert!(!text.contains("formatting"), "{text}");
     assert_eq!(tree(&next.join("var/lib/stateful")), written);
     // Checked once: unmounted cleanly, the next boot mounts it without a check.
-    umount(&next.join("var/lib/stateful"), crashed.device.path());
+    umount(&next.join("var/lib/stateful"), &crashed.device);
     let text = assert_ok(&crashed.mount("stateful", &crashed.root("later"), &[]));
     assert!(!text.contains("e2fsck"), "{text}");
 }
@@ -665,7 +644,7 @@ fn a_volume_larger_than_its_filesystem_is_grown_and_the_log_says_by_how_much() {
         assert_ok(&volume.mount(role, &first, &[]));
         let data = first.join("var/lib/stateful");
         std::fs::write(data.join("kept"), "before the volume grew").unwrap();
-        umount(&data, volume.device.path());
+        umount(&data, &volume.device);
 
         // The operator enlarges the volume (data_volume_size_gb); a new instance mounts it.
         volume.device.grow_to(2 * GIB).unwrap();
@@ -685,7 +664,7 @@ fn a_volume_larger_than_its_filesystem_is_grown_and_the_log_says_by_how_much() {
         assert_eq!(read(&data.join("kept")), "before the volume grew");
 
         // Grown once: the next boot finds nothing to grow.
-        umount(&data, volume.device.path());
+        umount(&data, &volume.device);
         let text = assert_ok(&volume.mount(role, &volume.root("third"), &[]));
         assert!(!text.contains("grew"), "{role}: {text}");
     }
@@ -702,7 +681,7 @@ fn files_written_under_other_ids_end_up_owned_by_the_service_once() {
     let (daemon, daemon_group) = ids("daemon", "daemon");
     let data = old.join("var/lib/stateful");
     write_service_data(&data, (daemon, daemon_group), (daemon, daemon_group));
-    umount(&data, volume.device.path());
+    umount(&data, &volume.device);
 
     // The rebaked image: the same data directories, the owner's id moved (now nobody's).
     let new = volume.root("new");
@@ -730,7 +709,7 @@ fn files_written_under_other_ids_end_up_owned_by_the_service_once() {
 
     // Once: the next boot with the same ids walks nothing (a stray owner stays).
     std::os::unix::fs::lchown(data.join("wal/00000042"), Some(4242), Some(4242)).unwrap();
-    umount(&data, volume.device.path());
+    umount(&data, &volume.device);
     let again = volume.root("again");
     let text = assert_ok(&volume.mount("stateful", &again, &[]));
     assert!(!text.contains("giving every file"), "{text}");
@@ -739,7 +718,7 @@ fn files_written_under_other_ids_end_up_owned_by_the_service_once() {
 
     // A volume from before the record (none on it) is walked, once.
     std::fs::remove_file(data.join(".stack-agent-owners")).unwrap();
-    umount(&data, volume.device.path());
+    umount(&data, &volume.device);
     let later = volume.root("later");
     let text = assert_ok(&volume.mount("stateful", &later, &[]));
     assert!(text.contains("no ownership record"), "{text}");
