@@ -1,5 +1,5 @@
 # Loki's chunks and index on S3 (var.loki_storage = "s3"): a bucket of the stack, encrypted
-# with the stack's key, closed to the public and to plain HTTP, whose objects expire after
+# with the data key (secrets.tf), closed to the public and to plain HTTP, whose objects expire after
 # Loki's retention plus a margin. Loki's instance role reads and writes its objects (no keys
 # anywhere); the boot agent learns the bucket, its region and the first day of the S3 schema
 # period from three tags on Loki's instance. The filesystem period stays in Loki's schema, so
@@ -32,7 +32,9 @@ resource "aws_s3_bucket" "loki" {
   #checkov:skip=CKV_AWS_144:Cross-region replication doubles cost for telemetry that is kept one week; losing a region loses the stack that reads it anyway.
   #checkov:skip=CKV2_AWS_62:Nothing consumes events of Loki's objects; notifications would be noise.
   bucket = local.loki_bucket_name
-  # `cargo xtask destroy` removes the logs with the stack, as it removes the instances.
+  # Only `cargo xtask destroy --delete-data` destroys the bucket, and with it every log in
+  # it; a plain `cargo xtask destroy` keeps the bucket and its settings (below) with the
+  # data key, and the next deploy of the same name uses them again.
   force_destroy = true
 
   lifecycle {
@@ -51,7 +53,7 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "loki" {
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.stack.arn
+      kms_master_key_id = aws_kms_key.data.arn
     }
     # One data key per bucket instead of one KMS call per object.
     bucket_key_enabled = true
@@ -126,7 +128,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "loki" {
 }
 
 # Loki, and only Loki, lists the bucket and reads, writes and deletes its objects, and uses
-# the stack's key only through S3 in this region and only for this bucket (with a bucket key
+# the data key only through S3 in this region and only for this bucket (with a bucket key
 # the encryption context is the bucket's ARN).
 resource "aws_iam_role_policy" "loki_uses_bucket" {
   count = local.loki_s3 ? 1 : 0
@@ -149,10 +151,10 @@ resource "aws_iam_role_policy" "loki_uses_bucket" {
         Resource = "${aws_s3_bucket.loki[0].arn}/*"
       },
       {
-        Sid      = "UseTheStackKeyThroughS3"
+        Sid      = "UseTheDataKeyThroughS3"
         Effect   = "Allow"
         Action   = ["kms:GenerateDataKey", "kms:Decrypt"]
-        Resource = aws_kms_key.stack.arn
+        Resource = aws_kms_key.data.arn
         Condition = {
           StringEquals = {
             "kms:ViaService"                   = "s3.${var.region}.${data.aws_partition.current.dns_suffix}"

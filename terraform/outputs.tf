@@ -54,8 +54,18 @@ output "loki_bucket" {
 }
 
 output "data_volume_ids" {
-  description = "The EBS data volume of each stateful role (its snapshots restore it: terraform/README.md)."
+  description = "The EBS data volume of each stateful role (its snapshots restore it: `cargo xtask restore`, README \"Restore a role's data\")."
   value       = { for role, volume in aws_ebs_volume.data : role => volume.id }
+}
+
+output "deployment" {
+  description = "The deployment's name (variable name), tagged obstack:deployment on everything it makes, its volumes' snapshots included: `cargo xtask restore`, `status` and `destroy` find them by it."
+  value       = var.name
+}
+
+output "data_key_arn" {
+  description = "ARN of the KMS key that encrypts the data volumes, their snapshots and Loki's bucket; `cargo xtask destroy` keeps it unless --delete-data."
+  value       = aws_kms_key.data.arn
 }
 
 output "alert_topic_arn" {

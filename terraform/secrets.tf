@@ -40,6 +40,39 @@ resource "aws_kms_alias" "stack" {
   target_key_id = aws_kms_key.stack.key_id
 }
 
+# The data key: encrypts what outlives the stack, the data volumes (so their final and daily
+# snapshots, which keep the volume's key) and Loki's bucket. It is not the stack's key, which
+# goes with the stack: `cargo xtask destroy` keeps this key and its alias (and the bucket) in
+# place unless asked to delete the data (`--delete-data`), since a snapshot or a log whose key
+# is deleted can never be read again. The next deploy of the same name uses them again. Its
+# policy names nothing of the stack (only the account, which delegates to IAM), so the
+# targeted destroy of everything else never reaches it (terraform/README.md, "Destroy").
+resource "aws_kms_key" "data" {
+  description         = "obstack ${var.name}: data volumes, their snapshots and Loki's bucket (kept by cargo xtask destroy)"
+  enable_key_rotation = true
+  # The longest window KMS allows: even a plain `terraform destroy` leaves 30 days to
+  # cancel the deletion (aws kms cancel-key-deletion) before any snapshot becomes unreadable.
+  deletion_window_in_days = 30
+
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid       = "AccountAdministersKey"
+        Effect    = "Allow"
+        Principal = { AWS = "arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:root" }
+        Action    = "kms:*"
+        Resource  = "*"
+      },
+    ]
+  })
+}
+
+resource "aws_kms_alias" "data" {
+  name          = "alias/${var.name}-data"
+  target_key_id = aws_kms_key.data.key_id
+}
+
 # Generated here, stored only in SSM (and Terraform's state: keep the state private).
 # Grafana's boot agent reads it through the instance role; the tag carries only the name.
 resource "random_password" "grafana_admin" {

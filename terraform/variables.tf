@@ -218,6 +218,23 @@ variable "data_volume_size_gb" {
   }
 }
 
+variable "data_volume_snapshot_ids" {
+  type        = map(string)
+  description = "A snapshot per stateful role (prometheus, loki, grafana) to make its data volume from. Set by `cargo xtask restore`, which also replaces the volume and the instance; a role left out keeps the volume it has."
+  default     = {}
+
+  validation {
+    condition     = length(setsubtract(keys(var.data_volume_snapshot_ids), ["prometheus", "loki", "grafana"])) == 0
+    error_message = "data_volume_snapshot_ids may only name the stateful roles prometheus, loki and grafana (the app keeps no data)."
+  }
+
+  # EC2's resource ids: the type's prefix and 8 or (since 2018) 17 lowercase hex digits.
+  validation {
+    condition     = alltrue([for id in values(var.data_volume_snapshot_ids) : can(regex("^snap-([0-9a-f]{8}|[0-9a-f]{17})$", id))])
+    error_message = "Every data_volume_snapshot_ids value must be an EBS snapshot id, snap- and 17 hex digits."
+  }
+}
+
 variable "snapshot_retention_count" {
   type        = number
   description = "How many daily snapshots of each data volume the snapshot policy keeps."

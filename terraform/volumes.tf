@@ -39,7 +39,12 @@ resource "aws_ebs_volume" "data" {
   type              = "gp3"
   size              = local.data_volume_size_gb[each.key]
   encrypted         = true
-  kms_key_id        = aws_kms_key.stack.arn
+  # The data key, which `cargo xtask destroy` keeps: the snapshots stay readable.
+  kms_key_id = aws_kms_key.data.arn
+  # `cargo xtask restore` sets a role's snapshot here and replaces the volume (and the
+  # instance) with one made from it. The provider keeps the attribute when the variable no
+  # longer names the role (it is computed), so a later deploy leaves the restored volume be.
+  snapshot_id = lookup(var.data_volume_snapshot_ids, each.key, null)
   # `cargo xtask destroy` (or a replacement of the volume) leaves a last snapshot behind.
   final_snapshot = true
 
@@ -48,6 +53,14 @@ resource "aws_ebs_volume" "data" {
     Name                     = "${var.name}-${each.key}-data"
     "obstack:role"           = each.key
     (local.snapshot_tag_key) = local.snapshot_tag_value
+  }
+
+  lifecycle {
+    # A volume made before the data key existed stays on the stack's key rather than being
+    # replaced by an empty one; `cargo xtask restore --role ROLE --latest` moves it onto the
+    # data key (a new volume is made with this configuration's key), and `cargo xtask
+    # destroy` refuses to leave a snapshot under the stack's key behind (README, "Destroy").
+    ignore_changes = [kms_key_id]
   }
 }
 
@@ -194,6 +207,42 @@ resource "aws_iam_role_policy" "snapshots" {
         Effect   = "Allow"
         Action   = ["kms:CreateGrant"]
         Resource = aws_kms_key.stack.arn
+        Condition = {
+          Bool = { "kms:GrantIsForAWSResource" = "true" }
+          StringEquals = {
+            "kms:ViaService" = "ec2.${var.region}.${data.aws_partition.current.dns_suffix}"
+          }
+        }
+      },
+    ]
+  })
+}
+
+# The data volumes are encrypted with the data key (secrets.tf): snapshotting them uses it,
+# through EC2 in this region only, and grants only for AWS resources. A policy of its own
+# beside the one above, so the data key's permissions read in one place.
+resource "aws_iam_role_policy" "snapshots_data_key" {
+  name = "use-data-key-for-snapshots"
+  role = aws_iam_role.snapshots.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "UseTheDataKeyThroughEc2"
+        Effect   = "Allow"
+        Action   = ["kms:Decrypt", "kms:DescribeKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncrypt*"]
+        Resource = aws_kms_key.data.arn
+        Condition = {
+          StringEquals = {
+            "kms:ViaService" = "ec2.${var.region}.${data.aws_partition.current.dns_suffix}"
+          }
+        }
+      },
+      {
+        Sid      = "DataKeyGrantsOnlyForEbs"
+        Effect   = "Allow"
+        Action   = ["kms:CreateGrant"]
+        Resource = aws_kms_key.data.arn
         Condition = {
           Bool = { "kms:GrantIsForAWSResource" = "true" }
           StringEquals = {

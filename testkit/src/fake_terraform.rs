@@ -1,6 +1,7 @@
-//! A stand-in for `terraform` on `PATH`, for the deploy tests: it records every call (and
-//! the variable files it is given), answers `init`, `output -json` (from a fixture the test
-//! writes) and `plan` ("changes present"), and refuses anything else, `apply` included.
+//! A stand-in for `terraform` on `PATH`, for the deploy, destroy and restore tests: it records
+//! every call (and the variable files it is given), answers `init`, `output -json` and
+//! `state list` (from fixtures the test writes) and `plan` ("changes present"), accepts
+//! `apply` only when the test allows it (changing nothing), and refuses anything else.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,21 +11,26 @@ const SCRIPT: &str = r#"#!/bin/sh
 echo "terraform $*" >> "$FAKE_TF_LOG"
 for arg in "$@"; do
   case "$arg" in
-    -var-file=*) echo "--- ${arg#-var-file=}" >> "$FAKE_TF_LOG"; cat "${arg#-var-file=}" >> "$FAKE_TF_LOG" ;;
+    -var-file=*) echo "--- ${arg#-var-file=}" >> "$FAKE_TF_LOG"; cat "${arg#-var-file=}" >> "$FAKE_TF_LOG"; echo >> "$FAKE_TF_LOG" ;;
   esac
 done
 case " $* " in
   *" init "*) exit 0 ;;
   *" output "*) cat "$FAKE_TF_OUTPUTS"; exit 0 ;;
+  *" state list "*) cat "$FAKE_TF_STATE"; exit 0 ;;
   *" plan "*) exit 2 ;;
-  *) echo "unexpected terraform call: $*" >&2; exit 1 ;;
+  *" apply "*) if [ -n "${FAKE_TF_APPLY:-}" ]; then exit 0; fi ;;
 esac
+echo "unexpected terraform call: $*" >&2
+exit 1
 "#;
 
 pub struct FakeTerraform {
     bin: PathBuf,
     log: PathBuf,
     outputs: PathBuf,
+    state: PathBuf,
+    apply: bool,
 }
 
 impl FakeTerraform {
@@ -52,11 +58,40 @@ impl FakeTerraform {
         });
         let outputs_path = dir.join("fake-terraform-outputs.json");
         std::fs::write(&outputs_path, outputs.to_string()).expect("write the outputs fixture");
+        let state = dir.join("fake-terraform-state.txt");
+        std::fs::write(&state, "").expect("write the state fixture");
         FakeTerraform {
             bin,
             log: dir.join("fake-terraform.log"),
             outputs: outputs_path,
+            state,
+            apply: false,
         }
+    }
+
+    /// Adds (or replaces) outputs, as `{"name": value}`: each becomes `{"value": value}`.
+    pub fn with_outputs(self, values: serde_json::Value) -> FakeTerraform {
+        let text = std::fs::read_to_string(&self.outputs).expect("read the outputs fixture");
+        let mut outputs: serde_json::Value =
+            serde_json::from_str(&text).expect("the outputs fixture is JSON");
+        for (name, value) in values.as_object().expect("outputs as a JSON object") {
+            outputs[name] = serde_json::json!({"sensitive": false, "value": value});
+        }
+        std::fs::write(&self.outputs, outputs.to_string()).expect("write the outputs fixture");
+        self
+    }
+
+    /// What `terraform state list` prints: one resource address a line.
+    pub fn with_state(self, addresses: &[&str]) -> FakeTerraform {
+        let text: String = addresses.iter().map(|a| format!("{a}\n")).collect();
+        std::fs::write(&self.state, text).expect("write the state fixture");
+        self
+    }
+
+    /// Lets `apply` succeed (it changes nothing; the calls are recorded).
+    pub fn allowing_apply(mut self) -> FakeTerraform {
+        self.apply = true;
+        self
     }
 
     /// Puts the stand-in first on `command`'s `PATH`.
@@ -66,6 +101,34 @@ impl FakeTerraform {
             .env("PATH", format!("{}:{path}", self.bin.display()))
             .env("FAKE_TF_LOG", &self.log)
             .env("FAKE_TF_OUTPUTS", &self.outputs)
+            .env("FAKE_TF_STATE", &self.state)
+            .env("FAKE_TF_APPLY", if self.apply { "1" } else { "" })
+    }
+
+    /// The `terraform` command lines of every call, without the variable files' contents.
+    pub fn command_lines(&self) -> Vec<String> {
+        self.calls()
+            .lines()
+            .filter(|line| line.starts_with("terraform "))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The variable file named `name` (e.g. `obstack.auto.tfvars.json`) as the first call
+    /// matching `call` (e.g. ` plan `) got it.
+    pub fn var_file_of(&self, call: &str, name: &str) -> Option<serde_json::Value> {
+        let calls = self.calls();
+        let at = calls.find(call)?;
+        let file = calls[at..]
+            .split("--- ")
+            .skip(1)
+            .find(|part| part.lines().next().is_some_and(|l| l.ends_with(name)))?;
+        let contents: Vec<&str> = file
+            .lines()
+            .skip(1)
+            .take_while(|line| !line.starts_with("terraform "))
+            .collect();
+        serde_json::from_str(&contents.join("\n")).ok()
     }
 
     /// Every call so far, with the variable files' contents after `--- <path>` lines.

@@ -1,7 +1,7 @@
 //! The operator's commands as a library: `main.rs` parses the command line and calls the
 //! command's `run`; tests and `testkit` use the same public API.
 //!
-//! One module per command (`bake`, `deploy`, `images`, `prune`, `pin`, `up`, `bench`), the
+//! One module per command (`bake`, `deploy`, `restore`, `images`, `prune`, `pin`, `up`, `bench`), the
 //! role registry (`roles`), wrappers for AWS (`ami`), Packer (`packer`) and processes
 //! (`cmd`), and small shared helpers (`table`, `atomic`, `report`, `moto`, `slack`).
 
@@ -23,8 +23,10 @@ pub mod project;
 pub mod prune;
 pub mod release;
 pub mod report;
+pub mod restore;
 pub mod roles;
 pub mod slack;
+pub mod snapshots;
 pub mod table;
 pub mod up;
 pub mod verify;

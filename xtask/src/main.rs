@@ -4,7 +4,7 @@
 use clap::Parser;
 use xtask::cli::ReleaseCommand;
 use xtask::cli::{Cli, Command};
-use xtask::{bake, bench, deploy, images, pin, prune, release, report, up};
+use xtask::{bake, bench, deploy, images, pin, prune, release, report, restore, up};
 
 fn main() {
     let cli = Cli::parse();
@@ -15,7 +15,8 @@ fn main() {
         Command::Prune(args) => prune::run(args),
         Command::Pin(args) => pin::run(args),
         Command::Deploy(args) => deploy::run_deploy(args),
-        Command::Destroy(args) => deploy::run_destroy(args),
+        Command::Destroy(args) => deploy::destroy::run(args),
+        Command::Restore(args) => restore::run(args),
         Command::Status(args) => deploy::run_status(args),
         Command::Up(args) => up::run_up(args),
         Command::Down(args) => up::run_down(args),

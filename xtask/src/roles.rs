@@ -2,9 +2,9 @@
 //!
 //! A role is a directory under `images/` holding a `role.toml`. The agent reads that file's
 //! `peers`, `files`, `secrets` and `generated` sections on the instance; the sections read
-//! here (`image`, `services`) are xtask's and the image checks' business, and the agent
-//! skips them. Services every image runs (node_exporter) are declared once, in
-//! `images/common/services.toml`.
+//! here (`image`, `services`, `users`) are xtask's and the image checks' business, and the
+//! agent skips them. Services every image runs (node_exporter), and their users, are
+//! declared once, in `images/common/services.toml`.
 //!
 //! Nothing else in the workspace lists the roles: xtask, the image checks and the tests
 //! enumerate them from a [`Registry`].
@@ -47,6 +47,8 @@ pub struct Registry {
     images_dir: PathBuf,
     roles: Vec<Role>,
     common_services: Vec<Service>,
+    /// The users every image has (node_exporter's), by name: their fixed ids.
+    common_users: BTreeMap<String, u32>,
 }
 
 /// One image role.
@@ -63,6 +65,11 @@ pub struct Role {
     /// Where the role keeps its state: its EBS data volume (`[data]`, shared with the agent,
     /// which mounts it). `None` for a stateless role.
     pub data: Option<DataSpec>,
+    /// The image's own service users (each with a group of the same name) and the fixed id
+    /// the provisioners give both (`[users]`).
+    pub users: BTreeMap<String, u32>,
+    /// The users every image has (images/common/services.toml's `[users]`).
+    pub common_users: BTreeMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -201,6 +208,8 @@ struct RoleFile {
     /// Read by the agent too: the same type, so both accept the same section.
     #[serde(default)]
     data: Option<DataSpec>,
+    #[serde(default)]
+    users: BTreeMap<String, u32>,
     // The agent's sections, checked by its own parser.
     #[serde(default, rename = "files")]
     _files: serde::de::IgnoredAny,
@@ -215,6 +224,8 @@ struct RoleFile {
 struct CommonFile {
     #[serde(default)]
     services: Vec<Service>,
+    #[serde(default)]
+    users: BTreeMap<String, u32>,
 }
 
 impl Registry {
@@ -244,19 +255,24 @@ impl Registry {
             return Err(RegistryError::Empty(images_dir.to_path_buf()));
         }
         let common_path = images_dir.join(COMMON_SERVICES_FILE);
-        let common_services = if common_path.is_file() {
+        let common = if common_path.is_file() {
             let text = read(&common_path)?;
-            toml::from_str::<CommonFile>(&text)
-                .map_err(|e| parse_error(&common_path, e))?
-                .services
+            toml::from_str::<CommonFile>(&text).map_err(|e| parse_error(&common_path, e))?
         } else {
-            Vec::new()
+            CommonFile {
+                services: Vec::new(),
+                users: BTreeMap::new(),
+            }
         };
-        let roles = start_order(roles, images_dir)?;
+        let mut roles = start_order(roles, images_dir)?;
+        for role in &mut roles {
+            role.common_users.clone_from(&common.users);
+        }
         let registry = Registry {
             images_dir: images_dir.to_path_buf(),
             roles,
-            common_services,
+            common_services: common.services,
+            common_users: common.users,
         };
         registry.check()?;
         Ok(registry)
@@ -319,6 +335,11 @@ impl Registry {
             .collect()
     }
 
+    /// The users every image has, whatever its role, with their fixed ids.
+    pub fn common_users(&self) -> &BTreeMap<String, u32> {
+        &self.common_users
+    }
+
     /// Every binary any image ships from this workspace (the agent first).
     pub fn workspace_binaries(&self) -> Vec<String> {
         let mut binaries = vec![AGENT_BINARY.to_string()];
@@ -332,8 +353,9 @@ impl Registry {
         binaries
     }
 
-    /// Names, ports and peers that must agree across roles.
+    /// Names, ports, peers and user ids that must agree across roles.
     fn check(&self) -> Result<(), RegistryError> {
+        self.check_users()?;
         let mut names = BTreeSet::new();
         let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
         let all: Vec<&str> = self
@@ -415,7 +437,82 @@ impl Registry {
     }
 }
 
+/// The lowest and highest fixed id a service user may get. Debian's and Ubuntu's static
+/// allocations (base-passwd) are 0-99 (and 60000-65534, above the 1000 where people's
+/// accounts begin); 100-999 is the system range, which `useradd --system` fills from 999 down
+/// and `adduser --system` from 100 up on a base image, so the registry's ids sit in the middle
+/// and the bake fails (useradd: UID is not unique) rather than reuse one a base image took.
+pub const SERVICE_IDS: std::ops::RangeInclusive<u32> = 100..=999;
+
+impl Registry {
+    /// Every user once (a name in one place), every id once (users and their groups share
+    /// the number), every id in [`SERVICE_IDS`].
+    fn check_users(&self) -> Result<(), RegistryError> {
+        let common_path = self.images_dir.join(COMMON_SERVICES_FILE);
+        let places = std::iter::once((common_path, &self.common_users)).chain(
+            self.roles
+                .iter()
+                .map(|role| (role.dir.join(SPEC_FILE), &role.users)),
+        );
+        let mut names: BTreeMap<&str, PathBuf> = BTreeMap::new();
+        let mut ids: BTreeMap<u32, &str> = BTreeMap::new();
+        for (path, users) in places {
+            for (name, id) in users {
+                let valid_name = name.starts_with(|c: char| c.is_ascii_lowercase())
+                    && name.len() <= 32
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_".contains(c));
+                if !valid_name {
+                    return Err(invalid(
+                        &path,
+                        format!(
+                            "user `{name}` is not a portable system user name (lowercase \
+                             letters, digits, `-` and `_`, starting with a letter, at most 32)"
+                        ),
+                    ));
+                }
+                if !SERVICE_IDS.contains(id) {
+                    return Err(invalid(
+                        &path,
+                        format!(
+                            "user `{name}` has id {id}, outside {}-{}: below 100 are Debian's \
+                             and Ubuntu's static ids, from 1000 on people's accounts",
+                            SERVICE_IDS.start(),
+                            SERVICE_IDS.end()
+                        ),
+                    ));
+                }
+                if let Some(other) = names.insert(name, path.clone()) {
+                    return Err(invalid(
+                        &path,
+                        format!(
+                            "user `{name}` is declared twice (also in {}); declare it once",
+                            other.display()
+                        ),
+                    ));
+                }
+                if let Some(other) = ids.insert(*id, name) {
+                    return Err(invalid(
+                        &path,
+                        format!("user `{name}` has id {id}, already `{other}`'s; ids are unique across the images"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Role {
+    /// The service users this role's image creates, with their fixed ids: its own and every
+    /// image's. What the provisioners get (the Packer variable `service_ids`).
+    pub fn image_users(&self) -> BTreeMap<String, u32> {
+        let mut users = self.common_users.clone();
+        users.extend(self.users.iter().map(|(name, id)| (name.clone(), *id)));
+        users
+    }
+
     /// The service a peer tag points at: the one named like the role.
     pub fn main_service(&self) -> Option<&Service> {
         self.services.iter().find(|s| s.name == self.name)
@@ -501,6 +598,8 @@ fn read_role(dir: &Path, path: &Path) -> Result<Role, RegistryError> {
         image: file.image,
         services: file.services,
         data: file.data,
+        users: file.users,
+        common_users: BTreeMap::new(),
     })
 }
 
@@ -642,6 +741,51 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             write(&dir.path().join("a/role.toml"), &role_file("a", 1, &[]));
             write(&dir.path().join(dir_name).join("role.toml"), text);
+            let error = Registry::load(dir.path()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{expected}: {error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
+    }
+
+    #[test]
+    fn every_service_user_of_the_real_registry_has_a_fixed_unique_system_id() {
+        let registry = Registry::load(&crate::project::images_dir()).unwrap();
+        let prometheus = registry.role("prometheus").unwrap();
+        let users = prometheus.image_users();
+        assert_eq!(
+            users.keys().collect::<Vec<_>>(),
+            ["alertmanager", "node_exporter", "prometheus"],
+            "its own users and every image's"
+        );
+        let mut seen = BTreeSet::new();
+        let all = registry
+            .roles()
+            .iter()
+            .flat_map(|r| &r.users)
+            .chain(registry.common_users());
+        for (name, id) in all {
+            assert!(SERVICE_IDS.contains(id), "{name}: {id}");
+            assert!(seen.insert(*id), "{name}: {id} twice");
+        }
+        assert!(seen.len() >= 7, "{seen:?}");
+    }
+
+    #[test]
+    fn a_user_twice_a_shared_id_or_one_outside_the_system_range_is_refused() {
+        let cases = [
+            ("[users]\nb = 450\n", "[users]\nc = 450\n", "already `c`'s"),
+            ("[users]\nb = 450\n", "[users]\nb = 451\n", "declared twice"),
+            ("[users]\nb = 42\n", "", "outside 100-999"),
+            ("[users]\nb = 1000\n", "", "outside 100-999"),
+            ("[users]\nB = 450\n", "", "not a portable system user name"),
+        ];
+        for (first, second, expected) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            write(
+                &dir.path().join("a/role.toml"),
+                &format!("{}{first}", role_file("a", 1, &[])),
+            );
+            write(&dir.path().join("common/services.toml"), second);
             let error = Registry::load(dir.path()).unwrap_err().to_string();
             assert!(error.contains(expected), "{expected}: {error}");
             assert!(!error.contains('\n'), "one line: {error}");

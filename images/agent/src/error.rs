@@ -88,6 +88,20 @@ pub enum AgentError {
         min_gib: u64,
     },
 
+    /// `mount`: the data volume's filesystem was not cleanly unmounted and `e2fsck -p` found
+    /// errors it does not repair without a person answering its questions. It is neither
+    /// mounted nor formatted: that is a person's call.
+    #[error(
+        "data volume {volume} ({device}): its filesystem has errors that e2fsck -p does not \
+         repair on its own ({detail}); it was neither mounted nor formatted. Repair it by hand \
+         on this instance (SSM session): e2fsck -f {device}, then reboot"
+    )]
+    NeedsRepair {
+        volume: String,
+        device: String,
+        detail: String,
+    },
+
     /// `mount`: formatting, mounting or preparing the data volume failed.
     #[error("data volume {volume}: {message}")]
     Mount { volume: String, message: String },

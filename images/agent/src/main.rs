@@ -18,11 +18,15 @@ Exit codes:
   4  a tag has a bad value (nothing was written)
   5  render error: broken role spec or template, or a file could not be written
   6  tag source or AWS error that outlasted the wait (no IMDSv2 token, EC2/SSM API failure)
-  7  mount: the data volume never appeared (not attached); nothing was mounted
+  7  mount: the data volume never appeared (not attached within --device-timeout and
+     --late-timeout); nothing was mounted
   8  mount: the data volume holds another filesystem, a partition table or other
      signatures; it is never formatted, and was not mounted
   9  mount: the data volume is smaller than the role's [data] min_size_gib; not mounted
- 10  mount: formatting, mounting or preparing the data volume failed; not left mounted";
+ 10  mount: formatting, checking, growing, mounting or preparing the data volume failed;
+     not left mounted
+ 11  mount: the data volume's filesystem has errors `e2fsck -p` does not repair on its own;
+     neither mounted nor formatted (repair it by hand: e2fsck -f DEVICE, then reboot)";
 
 /// Boot agent: renders this instance's service configs from its EC2 tags.
 #[derive(Debug, Parser)]
@@ -65,10 +69,15 @@ enum Command {
         /// Longest delay between tag reads, in seconds.
         #[arg(long, value_name = "SECS", default_value = "30", value_parser = seconds)]
         max_delay: Duration,
-        /// Give up waiting for the volume's block device (its attachment) after this many
-        /// seconds (exit code 7).
+        /// How long to wait for the volume's block device (its attachment), looking every
+        /// quarter second.
         #[arg(long, value_name = "SECS", default_value = "300", value_parser = seconds)]
         device_timeout: Duration,
+        /// After --device-timeout, keep looking for a late attachment (an interrupted or
+        /// targeted `terraform apply` finished later) this many seconds more, with backoff
+        /// up to a minute between looks; then give up (exit code 7). 0: give up at once.
+        #[arg(long, value_name = "SECS", default_value = "21600", value_parser = seconds)]
+        late_timeout: Duration,
         /// Where udev links NVMe devices by serial (nvme-Amazon_Elastic_Block_Store_vol...).
         #[arg(long, value_name = "DIR", default_value = "/dev/disk/by-id")]
         devices_dir: PathBuf,
@@ -121,6 +130,8 @@ struct Common {
 /// How often `mount` looks for the data volume's device: an attachment shows up within
 /// seconds, and a look is two directory reads.
 const DEVICE_POLL: Duration = Duration::from_millis(250);
+/// The longest pause between two looks for a late attachment.
+const LATE_MAX_DELAY: Duration = Duration::from_secs(60);
 
 fn seconds(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
@@ -182,6 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             min_delay,
             max_delay,
             device_timeout,
+            late_timeout,
             devices_dir,
             sysfs,
         } => {
@@ -199,6 +211,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 device_timeout,
                 poll: DEVICE_POLL,
+                late_timeout,
+                late_max_delay: LATE_MAX_DELAY,
                 dry_run,
             };
             agent.mount(policy, options).await?;
@@ -232,6 +246,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         Some(AgentError::VolumeForeign { .. }) => 8,
         Some(AgentError::VolumeTooSmall { .. }) => 9,
         Some(AgentError::Mount { .. }) => 10,
+        Some(AgentError::NeedsRepair { .. }) => 11,
         None => 1,
     }
 }

@@ -34,6 +34,10 @@ pub struct RoleSpec {
     _image: serde::de::IgnoredAny,
     #[serde(default, rename = "services")]
     _services: serde::de::IgnoredAny,
+    /// The service users' fixed ids: the provisioners' business; the agent resolves owners
+    /// by name on the instance.
+    #[serde(default, rename = "users")]
+    _users: serde::de::IgnoredAny,
     /// The directory holding role.toml; template paths are relative to it.
     #[serde(skip)]
     pub dir: PathBuf,

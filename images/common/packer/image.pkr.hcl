@@ -42,6 +42,8 @@ locals {
       "OBSTACK_ROLE=${local.role}",
       "OBSTACK_STAGING=/tmp/obstack",
       "DEBIAN_FRONTEND=noninteractive",
+      # `name:id name:id ...`: the fixed id of each service user (lib.sh ensure_system_user).
+      "OBSTACK_SERVICE_IDS=${join(" ", [for name in sort(keys(var.service_ids)) : "${name}:${var.service_ids[name]}"])}",
     ],
     [for name in local.components : "${upper(name)}_VERSION=${lookup(var.component_versions, name, "")}"],
     [for name in local.components : "${upper(name)}_URL=${lookup(var.component_urls, name, "")}"],

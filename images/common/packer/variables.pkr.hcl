@@ -67,6 +67,12 @@ variable "component_sha256" {
   default     = {}
 }
 
+variable "service_ids" {
+  type        = map(number)
+  description = "Each service user the image creates to its fixed id, both uid and its group's gid (the role registry's [users]): the provisioners refuse a user without one."
+  default     = {}
+}
+
 variable "base_ami_name" {
   type        = string
   description = "source_ami_filter name pattern of the base image."

@@ -67,13 +67,43 @@ fetch_component() {
 # unzip_to ARCHIVE DIR: Ubuntu's cloud image has python3 (cloud-init needs it) but no unzip.
 unzip_to() { python3 -m zipfile -e "$1" "$2"; }
 
-# ensure_system_user NAME [EXTRA_GROUP]: a locked system account with no home and no shell.
+# service_id NAME: NAME's fixed uid/gid from OBSTACK_SERVICE_IDS ("name:id name:id ...", the
+# role registry's [users], passed by the bake's var file); dies when NAME has none.
+service_id() {
+  local entry
+  for entry in ${OBSTACK_SERVICE_IDS:-}; do
+    if [ "${entry%%:*}" = "$1" ]; then
+      printf '%s' "${entry#*:}"
+      return 0
+    fi
+  done
+  die "no fixed id for the service user $1: add it to [users] in images/${OBSTACK_ROLE:-<role>}/role.toml (or images/common/services.toml)"
+}
+
+# ensure_system_user NAME [EXTRA_GROUP]: a locked system account with no home and no shell,
+# and a group of its own name, both at NAME's fixed id (service_id): the data volume's files
+# keep meaning the same owner on every rebake. An account or group that exists with another
+# id, or an id a base-image account already holds, stops the bake instead of shifting.
 ensure_system_user() {
-  local name=$1
-  if ! id -u "$name" >/dev/null 2>&1; then
-    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+  local name=$1 fixed holder
+  fixed=$(service_id "$name")
+  if getent group "$name" >/dev/null; then
+    [ "$(getent group "$name" | cut -d: -f3)" = "$fixed" ] ||
+      die "group $name exists with gid $(getent group "$name" | cut -d: -f3), not its fixed $fixed"
+  else
+    holder=$(getent group "$fixed" | cut -d: -f1 || true)
+    [ -z "$holder" ] || die "gid $fixed (fixed for $name) is taken by group $holder on the base image; give $name another id in the role registry"
+    groupadd --system --gid "$fixed" "$name"
+  fi
+  if id -u "$name" >/dev/null 2>&1; then
+    [ "$(id -u "$name")" = "$fixed" ] ||
+      die "user $name exists with uid $(id -u "$name"), not its fixed $fixed"
+  else
+    holder=$(getent passwd "$fixed" | cut -d: -f1 || true)
+    [ -z "$holder" ] || die "uid $fixed (fixed for $name) is taken by user $holder on the base image; give $name another id in the role registry"
+    useradd --system --uid "$fixed" --gid "$name" --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin "$name"
-    log "created system user $name"
+    log "created system user $name (uid and gid $fixed)"
   fi
   if [ -n "${2:-}" ]; then
     usermod --append --groups "$2" "$name"

@@ -24,6 +24,9 @@ pub struct VarFile {
     pub component_versions: BTreeMap<String, String>,
     pub component_urls: BTreeMap<String, String>,
     pub component_sha256: BTreeMap<String, String>,
+    /// Each service user the image creates → its fixed uid, also its group's gid (the
+    /// registry's `[users]`, the role's and images/common's).
+    pub service_ids: BTreeMap<String, u32>,
     pub base_ami_name: String,
     pub base_ami_owners: Vec<String>,
     pub ami_name_prefix: String,
@@ -73,6 +76,7 @@ impl VarFile {
             component_versions: versions,
             component_urls: urls,
             component_sha256: sums,
+            service_ids: role.image_users(),
             // The exact name, not the pattern: Packer starts from the very image we hashed.
             base_ami_name: common.base.name.clone(),
             base_ami_owners: vec![common.base.owner.clone()],

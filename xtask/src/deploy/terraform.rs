@@ -79,7 +79,13 @@ impl Terraform {
 
     /// `terraform plan -out=plan`, printing the plan.
     pub fn plan(&self, plan: &Path) -> anyhow::Result<PlanResult> {
+        self.plan_with(plan, &[])
+    }
+
+    /// `terraform plan` with `extra` options (`-destroy`, `-target=...`, `-replace=...`).
+    pub fn plan_with(&self, plan: &Path, extra: &[String]) -> anyhow::Result<PlanResult> {
         let mut argv = args(&["plan", "-input=false", "-detailed-exitcode"]);
+        argv.extend(extra.iter().map(OsString::from));
         argv.push(format!("-out={}", absolute(plan).display()).into());
         argv.extend(self.var_file_args());
         let code = self.run_checked_codes(self.command(argv), "terraform plan", &[0, 2])?;
@@ -98,12 +104,31 @@ impl Terraform {
         Ok(())
     }
 
-    /// `terraform destroy -auto-approve` (the caller has asked already).
-    pub fn destroy(&self) -> anyhow::Result<()> {
-        let mut argv = args(&["destroy", "-input=false", "-auto-approve"]);
-        argv.extend(self.var_file_args());
-        self.run_checked(self.command(argv), "terraform destroy")?;
-        Ok(())
+    /// `terraform state list`: the address of every resource (and data source) in the
+    /// state; empty when there is no state.
+    pub fn state_list(&self) -> anyhow::Result<Vec<String>> {
+        let command = self.command(args(&["state", "list"]));
+        eprintln!("$ {command}");
+        let output = command
+            .expression()
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .run()
+            .with_context(|| format!("cannot run {}", self.program.display()))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if !output.status.success() {
+            if stderr.contains("No state file was found") {
+                return Ok(Vec::new());
+            }
+            bail!("`{command}` failed: {}", explain_failure(&stderr));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .map(str::to_string)
+            .collect())
     }
 
     /// `terraform output -json`; empty when nothing is deployed.
@@ -226,6 +251,15 @@ pub struct Outputs {
     pub grafana_admin_password_command: Option<String>,
     /// The app fleet's Auto Scaling group; `None` for a single app instance.
     pub app_autoscaling_group: Option<String>,
+    /// The deployment's name (Terraform's `name`), tagged `obstack:deployment` on its
+    /// volumes and their snapshots. `None` in a state written before this output.
+    pub deployment: Option<String>,
+    /// role → its EBS data volume.
+    pub data_volume_ids: BTreeMap<String, String>,
+    /// The key of the data volumes, their snapshots and Loki's bucket.
+    pub data_key_arn: Option<String>,
+    /// Loki's bucket, with `loki_storage = "s3"`.
+    pub loki_bucket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +277,10 @@ struct RawOutputs {
     grafana_admin_password_command: Option<Output<String>>,
     // Null without the fleet (Terraform may also leave a null output out).
     app_autoscaling_group: Option<Output<Option<String>>>,
+    deployment: Option<Output<String>>,
+    data_volume_ids: Option<Output<BTreeMap<String, String>>>,
+    data_key_arn: Option<Output<String>>,
+    loki_bucket: Option<Output<Option<String>>>,
 }
 
 impl Outputs {
@@ -257,6 +295,10 @@ impl Outputs {
             grafana_admin_password_parameter: raw.grafana_admin_password_parameter.map(|o| o.value),
             grafana_admin_password_command: raw.grafana_admin_password_command.map(|o| o.value),
             app_autoscaling_group: raw.app_autoscaling_group.and_then(|o| o.value),
+            deployment: raw.deployment.map(|o| o.value),
+            data_volume_ids: raw.data_volume_ids.map(|o| o.value).unwrap_or_default(),
+            data_key_arn: raw.data_key_arn.map(|o| o.value),
+            loki_bucket: raw.loki_bucket.and_then(|o| o.value),
         })
     }
 

@@ -16,6 +16,10 @@ pub struct GeneratedVars {
     pub region: String,
     /// role → AMI id.
     pub ami_ids: BTreeMap<String, String>,
+    /// role → the snapshot its data volume is made from (`cargo xtask restore` only; a
+    /// role left out keeps its volume, so deploy never writes this).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub data_volume_snapshot_ids: BTreeMap<String, String>,
 }
 
 impl GeneratedVars {
@@ -26,6 +30,7 @@ impl GeneratedVars {
                 .iter()
                 .map(|s| (s.role.clone(), s.ami_id.clone()))
                 .collect(),
+            data_volume_snapshot_ids: BTreeMap::new(),
         }
     }
 }

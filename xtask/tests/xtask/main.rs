@@ -5,6 +5,7 @@
 
 mod bake;
 mod bake_support;
+mod data_lifecycle;
 mod deploy;
 mod fifth_role;
 mod health;
@@ -18,6 +19,7 @@ mod terraform;
 mod terraform_alerting;
 mod terraform_aws_values;
 mod terraform_constraints;
+mod terraform_data;
 mod terraform_fleet;
 mod terraform_loki_s3;
 mod terraform_ordering;

@@ -1,5 +1,5 @@
 //! Loki's chunks on S3 (issue 19, `terraform/loki_storage.tf`): with `loki_storage = "s3"`
-//! a bucket encrypted with the stack's key, closed to the public, to ACLs and to plain HTTP,
+//! a bucket encrypted with the data key, closed to the public, to ACLs and to plain HTTP,
 //! whose objects expire after Loki's retention (read from Loki's own config) plus a margin;
 //! a name S3 accepts for every deployment name; Loki's role, and no other, holding exactly
 //! the bucket's list and object actions (no `s3:*`) and the key only through S3; the three
@@ -127,8 +127,8 @@ fn the_bucket_exists_only_with_s3_and_is_encrypted_with_the_stack_key_and_closed
     );
     assert_eq!(
         text(attr(default, "kms_master_key_id")),
-        "aws_kms_key.stack.arn",
-        "the stack's rotating key, not S3's own"
+        "aws_kms_key.data.arn",
+        "the data key (rotating, kept by destroy), not S3's own"
     );
     assert_eq!(
         attr(rule, "bucket_key_enabled"),
@@ -376,7 +376,7 @@ fn only_loki_lists_the_bucket_and_touches_its_objects_and_nobody_holds_s3_wildca
     );
     assert_eq!(count(&console, &with(&ON_S3), policy), 1);
 
-    // The stack's key, through S3 in this region and for this bucket only.
+    // The data key, through S3 in this region and for this bucket only.
     let document = policy_document(policy.body(), "policy").unwrap();
     let kms: Vec<&Value> = statements(&document)
         .into_iter()
@@ -390,7 +390,7 @@ fn only_loki_lists_the_bucket_and_touches_its_objects_and_nobody_holds_s3_wildca
     let mut actions = string_list(&kms[0]["Action"]);
     actions.sort();
     assert_eq!(actions, ["kms:Decrypt", "kms:GenerateDataKey"]);
-    assert_eq!(string_list(&kms[0]["Resource"]), ["aws_kms_key.stack.arn"]);
+    assert_eq!(string_list(&kms[0]["Resource"]), ["aws_kms_key.data.arn"]);
     let equals = &kms[0]["Condition"]["StringEquals"];
     assert!(
         equals["kms:ViaService"]

@@ -86,18 +86,25 @@ fn each_stateful_role_has_an_encrypted_gp3_volume_with_a_final_snapshot_and_the_
     assert_eq!(attr(body, "type"), Some(&Expression::from("gp3")));
     assert_eq!(
         text(attr(body, "kms_key_id")),
-        "aws_kms_key.stack.arn",
-        "encrypted with the stack's own key"
+        "aws_kms_key.data.arn",
+        "encrypted with the data key, which destroy keeps (terraform_data.rs)"
     );
     assert_eq!(
         text(attr(body, "availability_zone")),
         "aws_subnet.public.availability_zone",
         "in the zone of the instances' subnet, or it could never attach"
     );
-    assert!(
-        block(body, "lifecycle").is_none(),
-        "nothing in the volume's lifecycle may make a new AMI replace it"
-    );
+    // Nothing in the volume's lifecycle may make a new AMI replace it; it only keeps a
+    // volume made before the data key on its key rather than replacing it with an empty one.
+    if let Some(lifecycle) = block(body, "lifecycle") {
+        let settings: Vec<String> = lifecycle
+            .attributes()
+            .map(|a| format!("{} = {}", a.key(), a.expr()))
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(settings, ["ignore_changes = [ kms_key_id ]"]);
+        assert_eq!(lifecycle.blocks().count(), 0);
+    }
 
     // Tagged with its role; the provider's default tags add the stack.
     let tags = eval(
@@ -375,10 +382,16 @@ fn the_snapshot_role_trusts_only_dlm_and_holds_only_snapshot_actions_on_this_sta
         .into_iter()
         .filter(|p| text(attr(p.body(), "role")).starts_with("aws_iam_role.snapshots."))
         .collect();
-    assert_eq!(policies.len(), 1, "one inline policy on the snapshot role");
-    let document = policy_document(policies[0].body(), "policy").expect("policy");
+    assert!(
+        !policies.is_empty(),
+        "an inline policy on the snapshot role"
+    );
+    let documents: Vec<serde_json::Value> = policies
+        .iter()
+        .map(|p| policy_document(p.body(), "policy").expect("policy"))
+        .collect();
     let mut granted = BTreeSet::new();
-    for statement in statements(&document) {
+    for statement in documents.iter().flat_map(statements) {
         assert_eq!(statement["Effect"], json!("Allow"));
         let resources = string_list(&statement["Resource"]);
         for action in string_list(&statement["Action"]) {
@@ -406,7 +419,10 @@ fn the_snapshot_role_trusts_only_dlm_and_holds_only_snapshot_actions_on_this_sta
                     action.starts_with("kms:"),
                     "{action} is neither EC2 nor KMS"
                 );
-                assert_eq!(resources, ["aws_kms_key.stack.arn"], "{statement}");
+                assert!(
+                    resources == ["aws_kms_key.data.arn"] || resources == ["aws_kms_key.stack.arn"],
+                    "one of the stack's keys: {statement}"
+                );
                 assert!(
                     statement["Condition"]["StringEquals"]["kms:ViaService"]
                         .as_str()

@@ -100,7 +100,39 @@ impl Lookup {
             std::thread::sleep(poll.min(left));
         }
     }
+
+    /// After [`Lookup::wait`] gave up: keeps looking, with exponential backoff (`min_delay`
+    /// doubling, jittered, up to `max_delay` apart), for `timeout` more. An attachment can
+    /// come long after the instance (an interrupted or targeted `terraform apply` finished
+    /// later); finding it then brings the role up without a reboot. `notify` hears of each
+    /// look that found nothing, with the delay before the next.
+    pub fn wait_late(
+        &self,
+        volume: &VolumeId,
+        timeout: Duration,
+        min_delay: Duration,
+        max_delay: Duration,
+        mut notify: impl FnMut(Duration),
+    ) -> Option<PathBuf> {
+        use backon::{BlockingRetryable, ExponentialBuilder};
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(min_delay)
+            .with_max_delay(max_delay.max(min_delay))
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(timeout));
+        (|| self.find(volume).ok_or(NotAttached))
+            .retry(backoff)
+            .sleep(std::thread::sleep)
+            .notify(|_, delay| notify(delay))
+            .call()
+            .ok()
+    }
 }
+
+/// The volume's device is not there (yet).
+#[derive(Debug)]
+struct NotAttached;
 
 /// Checks that `device` is a block device and returns its size in bytes.
 pub fn block_size(device: &Path) -> Result<u64, String> {

@@ -70,6 +70,7 @@ fn every_role_provisions_in_a_debian_root_and_has_what_a_booted_instance_needs()
             }
             let mut problems = Vec::new();
             problems.extend(checks::users_and_groups(&root, spec));
+            problems.extend(checks::fixed_ids(&root, spec));
             problems.extend(checks::static_files(
                 &root,
                 spec,

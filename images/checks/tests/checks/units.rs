@@ -432,6 +432,13 @@ fn the_mount_unit_mounts_in_the_hosts_namespace_before_the_agent_and_the_statefu
         );
     }
     assert!(values(&mount, "Unit", "After").contains(&"network-online.target"));
+    // systemd never stops the step halfway (an e2fsck, a resize2fs, a late attachment):
+    // the agent bounds its own waits.
+    assert_eq!(
+        single(&mount, "Service", "TimeoutStartSec"),
+        Some("infinity"),
+        "{MOUNT_UNIT}: the agent's waits and checks outlast any fixed start timeout"
+    );
     // Installed and enabled on every image: a role without [data] passes at once.
     assert_eq!(
         single(&mount, "Install", "WantedBy"),

@@ -150,6 +150,53 @@ pub fn users_and_groups(root: &Root, role: &Role) -> Vec<String> {
     problems
 }
 
+/// Fixed ids: every service user of the role registry (the role's `[users]` and
+/// images/common's) exists with exactly its id as uid, its own group as primary group, and
+/// that group with the same id as gid; every `User=` and `Group=` of an installed unit
+/// (root aside) is one of them, so no service runs under an id a rebake could move.
+pub fn fixed_ids(root: &Root, role: &Role) -> Vec<String> {
+    let mut problems = Vec::new();
+    let passwd = entries(root, "/etc/passwd");
+    let groups = entries(root, "/etc/group");
+    let registered = role.image_users();
+    for (name, id) in &registered {
+        let id = id.to_string();
+        match passwd.get(name) {
+            None => problems.push(format!("user {name} (registry id {id}) does not exist")),
+            Some(fields) => {
+                if fields[2] != id || fields[3] != id {
+                    problems.push(format!(
+                        "user {name} has uid {} and gid {}, not its fixed {id}",
+                        fields[2], fields[3]
+                    ));
+                }
+            }
+        }
+        match groups.get(name) {
+            None => problems.push(format!("group {name} (registry id {id}) does not exist")),
+            Some(fields) if fields[2] != id => problems.push(format!(
+                "group {name} has gid {}, not its fixed {id}",
+                fields[2]
+            )),
+            Some(_) => {}
+        }
+    }
+    for (unit_name, (_, unit)) in installed_units(root) {
+        for key in ["User", "Group"] {
+            for name in values(&unit, "Service", key) {
+                if name != "root" && !registered.contains_key(name) {
+                    problems.push(format!(
+                        "{unit_name} runs as {key}={name}, which has no fixed id in the role \
+                         registry ([users] of images/{}/role.toml or images/common/services.toml)",
+                        role.name
+                    ));
+                }
+            }
+        }
+    }
+    problems
+}
+
 fn mode(path: &Path) -> Option<(u32, u32, u32)> {
     let meta = path.metadata().ok()?;
     Some((meta.uid(), meta.gid(), meta.permissions().mode() & 0o7777))

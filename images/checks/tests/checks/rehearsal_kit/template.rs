@@ -149,6 +149,15 @@ fn declare_functions(ctx: &mut Context) {
         items.sort();
         Ok(Value::Array(items.into_iter().map(Value::from).collect()))
     }
+    fn join(args: FuncArgs) -> Result<Value, String> {
+        let separator = args[0].as_str().ok_or("join takes a separator")?;
+        let items = args[1].as_array().ok_or("join takes a list")?;
+        let words: Vec<&str> = items
+            .iter()
+            .map(|v| v.as_str().ok_or("join takes a list of strings"))
+            .collect::<Result<_, _>>()?;
+        Ok(Value::from(words.join(separator)))
+    }
     let any = || ParamType::Any;
     ctx.declare_func(
         "concat",
@@ -158,6 +167,7 @@ fn declare_functions(ctx: &mut Context) {
     ctx.declare_func("lookup", FuncDef::new(lookup, [any(), any(), any()]));
     ctx.declare_func("keys", FuncDef::new(keys, [any()]));
     ctx.declare_func("sort", FuncDef::new(sort, [any()]));
+    ctx.declare_func("join", FuncDef::new(join, [any(), any()]));
 }
 
 fn attr<'b>(block: &'b Block, name: &str) -> Option<&'b Expression> {
