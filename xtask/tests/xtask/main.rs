@@ -15,6 +15,7 @@ mod release;
 mod roles;
 mod rollout;
 mod terraform;
+mod terraform_access;
 mod terraform_alerting;
 mod terraform_constraints;
 mod terraform_fleet;

@@ -382,13 +382,17 @@ fn no_ip_address_literal_outside_the_documented_exceptions() {
 }
 
 #[test]
-fn allowed_web_cidrs_has_no_default() {
+fn allowed_web_cidrs_defaults_to_nobody() {
     let files = parsed_files();
     let variable = files["variables.tf"]
         .blocks()
         .find(|b| b.identifier() == "variable" && b.labels()[0].as_str() == "allowed_web_cidrs")
         .expect("variable allowed_web_cidrs");
-    assert!(attr(variable.body(), "default").is_none());
+    assert_eq!(
+        attr(variable.body(), "default"),
+        Some(&Expression::Array(Vec::new())),
+        "nothing is published by default: every UI is reached through a tunnel"
+    );
     assert!(block(variable.body(), "validation").is_some());
 }
 
