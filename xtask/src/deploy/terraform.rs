@@ -226,6 +226,9 @@ pub struct Outputs {
     pub grafana_admin_password_command: Option<String>,
     /// The app fleet's Auto Scaling group; `None` for a single app instance.
     pub app_autoscaling_group: Option<String>,
+    /// service → URL of each UI published to `allowed_web_cidrs` (empty by default, and in
+    /// a state written before this output): every other UI is reached through a tunnel.
+    pub public_services: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +246,7 @@ struct RawOutputs {
     grafana_admin_password_command: Option<Output<String>>,
     // Null without the fleet (Terraform may also leave a null output out).
     app_autoscaling_group: Option<Output<Option<String>>>,
+    public_services: Option<Output<BTreeMap<String, String>>>,
 }
 
 impl Outputs {
@@ -257,6 +261,7 @@ impl Outputs {
             grafana_admin_password_parameter: raw.grafana_admin_password_parameter.map(|o| o.value),
             grafana_admin_password_command: raw.grafana_admin_password_command.map(|o| o.value),
             app_autoscaling_group: raw.app_autoscaling_group.and_then(|o| o.value),
+            public_services: raw.public_services.map(|o| o.value).unwrap_or_default(),
         })
     }
 
