@@ -555,8 +555,15 @@ impl StatusReport {
         print!(
             "{}",
             crate::table::render(
-                &["UI", "REACHED BY"],
-                self.access.iter().map(|a| [&a.service, &a.reached_by])
+                &["UI", "REACHED BY", "CHECKED THROUGH"],
+                self.access.iter().map(|a| [
+                    a.service.clone(),
+                    a.reached_by.clone(),
+                    self.checked_through
+                        .get(&a.service)
+                        .cloned()
+                        .unwrap_or_default(),
+                ])
             )
         );
         println!();
