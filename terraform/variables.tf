@@ -355,15 +355,16 @@ variable "grafana_certificate_arn" {
   }
 }
 
-# The load balancer matches it as a host header (at most 128 characters) and Grafana's boot
-# agent renders it into root_url (tag obstack:grafana-host-name, checked there the same way).
+# The load balancer matches it as a host header (at most 128 characters, a dot, only letters
+# after the last one) and Grafana's boot agent renders it into root_url (tag
+# obstack:grafana-host-name, checked there the same way).
 variable "grafana_host_name" {
   type        = string
   description = "The DNS name people open Grafana at, e.g. grafana.example.com, covered by grafana_certificate_arn; point it (CNAME or alias) at the load balancer (output load_balancer_dns_name). Required with grafana_certificate_arn."
   default     = null
 
   validation {
-    condition     = var.grafana_host_name == null || (length(coalesce(var.grafana_host_name, "x")) <= 128 && can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$", coalesce(var.grafana_host_name, "x"))))
-    error_message = "grafana_host_name must be a lower-case DNS name of at least two labels, such as grafana.example.com (at most 128 characters, no wildcard, no scheme or path)."
+    condition     = var.grafana_host_name == null || (length(coalesce(var.grafana_host_name, "x")) <= 128 && can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{1,63}$", coalesce(var.grafana_host_name, "x"))))
+    error_message = "grafana_host_name must be a lower-case DNS name of at least two labels ending in letters, such as grafana.example.com (at most 128 characters, no wildcard, no scheme or path)."
   }
 }

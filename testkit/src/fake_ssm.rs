@@ -67,7 +67,7 @@ import json, os, signal, socket, sys, threading
 
 here = os.path.dirname(os.path.abspath(__file__))
 if sys.argv[1:] == ["--version"]:
-    print("1.2.707.0")
+    print("1.2.896.0")
     sys.exit(0)
 
 def record(entry):

@@ -190,13 +190,14 @@ pub struct HttpsHost {
 const MAX_PUBLIC_HOST_LEN: usize = 128;
 
 impl HttpsHost {
-    /// Parses a lower-case DNS name of at least two labels, the last starting with a letter,
-    /// at most 128 characters: what Terraform's `grafana_host_name` validation accepts. No
-    /// IP address, wildcard, port, scheme or path.
+    /// Parses a lower-case DNS name of at least two labels, the last of letters only, at most
+    /// 128 characters: what a load balancer's host-header condition matches, and Terraform's
+    /// `grafana_host_name` validation accepts. No IP address, wildcard, port, scheme or path.
     pub fn parse(value: &str) -> Result<HttpsHost, String> {
         check_plain_text(value)?;
-        let shape = "a public host name is a lower-case DNS name of two or more labels, such as \
-                     grafana.example.com (no scheme, port, path or wildcard)";
+        let shape = "a public host name is a lower-case DNS name of two or more labels, the last \
+                     of letters only, such as grafana.example.com (no scheme, port, path or \
+                     wildcard)";
         if value.len() > MAX_PUBLIC_HOST_LEN {
             return Err(format!(
                 "is {} characters long; a load balancer matches host names of at most \
@@ -216,7 +217,7 @@ impl HttpsHost {
         };
         let last_ok = labels
             .last()
-            .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_lowercase()));
+            .is_some_and(|last| last.chars().all(|c| c.is_ascii_lowercase()));
         if labels.len() < 2 || !labels.iter().all(label_ok) || !last_ok {
             return Err(format!("`{value}` is not a public host name; {shape}"));
         }
@@ -751,7 +752,7 @@ mod tests {
             (host.host.as_str(), host.url.as_str()),
             ("grafana.example.com", "https://grafana.example.com/")
         );
-        for good in ["a.io", "obs-1.team-a.example.org", "x1.example.c0m"] {
+        for good in ["a.io", "obs-1.team-a.example.org", "x1.example.com"] {
             assert!(HttpsHost::parse(good).is_ok(), "{good}");
         }
         let long = format!("{}.example.com", "a".repeat(120));
@@ -760,6 +761,8 @@ mod tests {
             ("Grafana.example.com", "not a public host name"),
             ("10.0.0.1", "not a public host name"),
             ("example.123", "not a public host name"),
+            ("grafana.example.c0m", "not a public host name"),
+            ("grafana.example.co-m", "not a public host name"),
             ("*.example.com", "not a public host name"),
             ("grafana.example.com.", "not a public host name"),
             ("-a.example.com", "not a public host name"),

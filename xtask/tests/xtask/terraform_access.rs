@@ -655,6 +655,7 @@ fn grafanas_https_variables_are_validated_and_come_together_with_the_fleet() {
         "grafana.example.com:443",
         "grafana.example.com.",
         "-a.example.com",
+        "grafana.example.c0m",
         long.as_str(),
     ];
     for host in good_hosts {
