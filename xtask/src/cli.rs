@@ -460,7 +460,7 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask open grafana                      # prints http://127.0.0.1:PORT and how to read the admin password\n  cargo xtask open prometheus --stack staging --region eu-west-1\n  cargo xtask open app --instance i-0123456789abcdef0\n\nNeeds the AWS CLI and its Session Manager plugin, and the IAM permissions of Terraform's output operator_access_policy. Ctrl-C closes the tunnel."
+    after_help = "Examples:\n  cargo xtask open grafana    # prints http://127.0.0.1:PORT, and the password command\n  cargo xtask open prometheus --stack staging --region eu-west-1\n  cargo xtask open app --instance i-0123456789abcdef0\n\nNeeds the AWS CLI and its Session Manager plugin, and the IAM permissions of Terraform's output operator_access_policy. Ctrl-C closes the tunnel."
 )]
 pub struct OpenArgs {
     /// The UI to open: grafana, prometheus, alertmanager, loki, app or promtail.

@@ -79,6 +79,14 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     let backend_config = backend::check_config(args.backend_config.as_deref())?;
     // Fail on a missing Terraform before the (slow) hash computation.
     Terraform::locate(&terraform_dir(), Vec::new())?;
+    // The health gate reaches what is not published through tunnels: say so before applying.
+    match (Tools::on_path(), args.tunnel) {
+        (Ok(_), _) => {}
+        (Err(error), true) => return Err(error.into()),
+        (Err(error), false) => eprintln!(
+            "warning: {error}; without tunnels the health gate checks only what Terraform publishes"
+        ),
+    }
 
     let (region, mut selected) =
         runtime.block_on(choose_amis(args.region.as_deref(), args.latest, &explicit))?;
