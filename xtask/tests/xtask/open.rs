@@ -187,6 +187,30 @@ impl Opened {
     }
 }
 
+/// Runs `command`, which must end by itself (a refusal) within a minute: one that opened a
+/// tunnel instead would wait for Ctrl-C, so it is killed and the test fails.
+fn refused_within(mut command: Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the command did not refuse: it was still running after a minute\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn port_is_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
@@ -315,13 +339,11 @@ fn open_app_takes_a_running_fleet_instance_of_the_stack_or_the_one_asked_for() {
 
     // A stopped instance, or another stack's, is refused before any session starts.
     for refused in [&fleet[0], &other_stack] {
-        let output = xtask(
+        let output = refused_within(xtask(
             &aws,
             &fake,
             &["open", "app", "--stack", STACK, "--instance", refused],
-        )
-        .output()
-        .unwrap();
+        ));
         let line = error_line(&output);
         assert!(
             line.contains(&format!(
@@ -334,9 +356,7 @@ fn open_app_takes_a_running_fleet_instance_of_the_stack_or_the_one_asked_for() {
     assert_eq!(fake.sessions().len(), 2);
 
     // A stack with nothing running says so.
-    let output = xtask(&aws, &fake, &["open", "loki", "--stack", STACK])
-        .output()
-        .unwrap();
+    let output = refused_within(xtask(&aws, &fake, &["open", "loki", "--stack", STACK]));
     assert!(
         error_line(&output).contains("has no running loki instance"),
         "{}",
