@@ -205,11 +205,13 @@ moved {
   to   = aws_ec2_tag.alert_url_param["obstack:alert-webhook-url-param"]
 }
 
-# What alert notifications link to: where people open Grafana.
+# What alert notifications link to: where people open Grafana. Its HTTPS name when it has
+# one; otherwise Grafana has no address on the internet, and the link is where
+# `cargo xtask open grafana` serves it (127.0.0.1:3000 while that port is free).
 resource "aws_ec2_tag" "grafana_url" {
   resource_id = aws_instance.role["prometheus"].id
   key         = "obstack:grafana-url"
-  value       = coalesce(var.alert_grafana_url, "http://${aws_instance.role["grafana"].public_ip}:3000")
+  value       = coalesce(var.alert_grafana_url, local.grafana_https ? "https://${var.grafana_host_name}" : "http://127.0.0.1:3000")
 }
 
 # Operators reach Alertmanager's UI only when asked for (Grafana's flow is in security.tf).

@@ -12,6 +12,19 @@ locals {
   # HTTPS when an ACM certificate is given; then plain HTTP only redirects to it.
   app_https = var.app_certificate_arn != null
 
+  # People reach the app through the load balancer only when asked for: with its certificate
+  # (HTTPS), or plain HTTP with expose_app. Otherwise the load balancer admits nobody from
+  # outside (it still health-checks the fleet) and the app is reached with `cargo xtask open`.
+  app_public = var.app_fleet && (var.expose_app || local.app_https)
+
+  # The load balancer's HTTPS listener serves the app, Grafana (grafana_https.tf) or both;
+  # port 80 forwards the app over plain HTTP only when expose_app asks for it without a
+  # certificate, and otherwise redirects to HTTPS.
+  lb_https          = var.app_fleet && (local.app_https || local.grafana_https)
+  http_forwards     = !local.app_https && !(local.grafana_https && !var.expose_app)
+  lb_web_ports      = concat(local.app_public || local.grafana_https ? [80] : [], local.lb_https ? [443] : [])
+  https_certificate = local.app_https ? var.app_certificate_arn : var.grafana_certificate_arn
+
   # The load balancer's and target group's name: at most 32 letters, digits and hyphens, not
   # starting or ending with a hyphen nor starting with "internal-" (Elastic Load Balancing's
   # rules). The fixed "app-" prefix keeps "internal-" out whatever var.name is; var.name is
@@ -162,6 +175,13 @@ resource "aws_security_group" "alb" {
   name        = "${var.name}-alb"
   description = "obstack load balancer in front of the app fleet"
   vpc_id      = aws_vpc.main.id
+
+  lifecycle {
+    precondition {
+      condition     = length(local.lb_web_ports) == 0 || length(var.allowed_web_cidrs) > 0
+      error_message = "A certificate (app_certificate_arn, grafana_certificate_arn) or expose_app publishes the load balancer to allowed_web_cidrs, which is empty: list the addresses that may reach it."
+    }
+  }
 }
 
 resource "aws_lb" "app" {
@@ -170,7 +190,7 @@ resource "aws_lb" "app" {
   #checkov:skip=CKV_AWS_91:Access logs need a log bucket with an ELB delivery policy per region; the app logs every request to Loki through Promtail already.
   #checkov:skip=CKV_AWS_150:Deletion protection would make `cargo xtask destroy` of a try-out stack fail; the load balancer holds no data and is recreated by apply.
   #checkov:skip=CKV2_AWS_28:A WAF web ACL is a paid, policy-laden add-on outside this demo stack; the load balancer is reachable only from allowed_web_cidrs.
-  #checkov:skip=CKV2_AWS_20:HTTP is redirected to HTTPS whenever app_certificate_arn is set; without a certificate there is no HTTPS listener to redirect to.
+  #checkov:skip=CKV2_AWS_20:HTTP is redirected to HTTPS whenever a certificate is set (app_certificate_arn, grafana_certificate_arn); without one there is no HTTPS listener to redirect to and port 80 admits nobody unless expose_app asks for plain HTTP.
   name                       = local.lb_name
   internal                   = false
   load_balancer_type         = "application"
@@ -217,22 +237,24 @@ resource "aws_lb_target_group" "app" {
   }
 }
 
-# Port 80 forwards to the fleet, or with a certificate redirects (301) to HTTPS.
+# Port 80 forwards to the fleet, or with a certificate redirects (301) to HTTPS. It exists
+# even when nobody may reach it: the fleet's target group must belong to a listener for the
+# load balancer to health-check it (the Auto Scaling group replaces what fails).
 resource "aws_lb_listener" "http" {
   count = var.app_fleet ? 1 : 0
 
-  #checkov:skip=CKV_AWS_2:Without app_certificate_arn the stack has no certificate to serve HTTPS with; with one, this listener only redirects to HTTPS.
+  #checkov:skip=CKV_AWS_2:Without a certificate the stack has nothing to serve HTTPS with and this listener admits nobody unless expose_app asks for plain HTTP; with one, it only redirects to HTTPS.
   #checkov:skip=CKV_AWS_103:This is the plain-HTTP listener (TLS policy applies to the HTTPS one, aws_lb_listener.https).
   load_balancer_arn = aws_lb.app[0].arn
   port              = 80
   protocol          = "HTTP"
 
   default_action {
-    type             = local.app_https ? "redirect" : "forward"
-    target_group_arn = local.app_https ? null : aws_lb_target_group.app[0].arn
+    type             = local.http_forwards ? "forward" : "redirect"
+    target_group_arn = local.http_forwards ? aws_lb_target_group.app[0].arn : null
 
     dynamic "redirect" {
-      for_each = local.app_https ? ["https"] : []
+      for_each = local.http_forwards ? [] : ["https"]
       content {
         port        = "443"
         protocol    = "HTTPS"
@@ -242,8 +264,10 @@ resource "aws_lb_listener" "http" {
   }
 }
 
+# HTTPS for the app (its certificate) and for Grafana (a host-name rule, grafana_https.tf).
+# Without the app's certificate, requests for any other host get a 404.
 resource "aws_lb_listener" "https" {
-  count = var.app_fleet && local.app_https ? 1 : 0
+  count = local.lb_https ? 1 : 0
 
   load_balancer_arn = aws_lb.app[0].arn
   port              = 443
@@ -251,18 +275,29 @@ resource "aws_lb_listener" "https" {
   # TLS 1.3 and 1.2 only, 1.2 with forward-secret AEAD ciphers only (Elastic Load Balancing's
   # current restricted policy, with post-quantum key exchange).
   ssl_policy      = "ELBSecurityPolicy-TLS13-1-2-Res-PQ-2025-09"
-  certificate_arn = var.app_certificate_arn
+  certificate_arn = local.https_certificate
 
   default_action {
-    type             = "forward"
-    target_group_arn = aws_lb_target_group.app[0].arn
+    type             = local.app_https ? "forward" : "fixed-response"
+    target_group_arn = local.app_https ? aws_lb_target_group.app[0].arn : null
+
+    dynamic "fixed_response" {
+      for_each = local.app_https ? [] : ["not found"]
+      content {
+        content_type = "text/plain"
+        message_body = "Not found"
+        status_code  = "404"
+      }
+    }
   }
 }
 
-# People reach the load balancer from allowed_web_cidrs only, on 80 and (with a certificate) 443.
+# People reach the load balancer from allowed_web_cidrs only, and only what they asked for:
+# 443 with a certificate (80 then redirects), 80 alone for the app with expose_app; nothing by
+# default.
 resource "aws_vpc_security_group_ingress_rule" "alb_web" {
   for_each = {
-    for pair in setproduct(var.app_fleet ? (local.app_https ? [80, 443] : [80]) : [], var.allowed_web_cidrs) :
+    for pair in setproduct(var.app_fleet ? local.lb_web_ports : [], var.allowed_web_cidrs) :
     "${pair[0]}_from_${pair[1]}" => { port = pair[0], cidr = pair[1] }
   }
 
@@ -271,7 +306,7 @@ resource "aws_vpc_security_group_ingress_rule" "alb_web" {
   ip_protocol       = "tcp"
   from_port         = each.value.port
   to_port           = each.value.port
-  description       = "Operators reach the app load balancer from an allowed_web_cidrs entry"
+  description       = "People reach the load balancer from an allowed_web_cidrs entry"
 }
 
 # The load balancer talks to nothing but the app (requests and health checks, port 5000)...

@@ -57,6 +57,9 @@ resource "aws_instance" "role" {
     # With the fleet, Prometheus discovers the app instances (tag:obstack:role = app and its
     # deployment, from the default tags) and alerts when fewer than this many are up.
     var.app_fleet && each.key == "prometheus" ? { "obstack:app-fleet-desired" = tostring(var.app_desired) } : {},
+    # Grafana served on HTTPS (grafana_https.tf): its agent sets root_url, cookie_secure and
+    # HSTS from the name. A tag change re-renders grafana.ini; it never replaces the instance.
+    local.grafana_https && each.key == "grafana" ? { "obstack:grafana-host-name" = var.grafana_host_name } : {},
   )
 
   # Prometheus' first discovery call must be allowed (it retries anyway, but a denied call

@@ -2,6 +2,8 @@ locals {
   # The default route and the HTTPS egress to the AWS APIs (SSM) are the only places
   # that name "anywhere"; every other rule references a security group or a variable.
   any_ipv4 = "0.0.0.0/0"
+  # Never used in a rule: the exposure preconditions (security.tf) refuse it with any_ipv4.
+  any_ipv6 = "::/0"
 
   # The subnet lies inside the VPC when its prefix is at least as long and its address,
   # cut to the VPC's prefix, is the VPC's network address.

@@ -1,18 +1,43 @@
+locals {
+  # The app's URL: its load balancer's with the fleet (HTTPS with the app's certificate).
+  app_url = (var.app_fleet
+    ? "${local.app_https ? "https" : "http"}://${aws_lb.app[0].dns_name}"
+  : "http://${aws_instance.role["app"].public_ip}:5000")
+}
+
 output "urls" {
-  description = "Where each service answers (public addresses; reachable from allowed_web_cidrs when exposed). With the app fleet, the app's is its load balancer's."
+  description = "Where each role's UI answers on its public address (reachable from allowed_web_cidrs only where `exposed` says so; otherwise through `cargo xtask open <service>`). The app's is its load balancer's with the fleet; Grafana's is https://<grafana_host_name> with grafana_certificate_arn."
   value = {
+    # local.app_url, spelled out: the instance branch carries the app's port (registry check).
     app = (var.app_fleet
       ? "${local.app_https ? "https" : "http"}://${aws_lb.app[0].dns_name}"
     : "http://${aws_instance.role["app"].public_ip}:5000")
     prometheus = "http://${aws_instance.role["prometheus"].public_ip}:9090"
     loki       = "http://${aws_instance.role["loki"].public_ip}:3100"
-    grafana    = "http://${aws_instance.role["grafana"].public_ip}:3000"
+    grafana    = local.grafana_https ? "https://${var.grafana_host_name}" : "http://${aws_instance.role["grafana"].public_ip}:3000"
   }
 }
 
 output "exposed" {
-  description = "Which services accept connections from allowed_web_cidrs (Grafana always; the app always with the fleet, through its load balancer)."
-  value       = { for role in local.roles : role => contains(keys(local.web_ports), role) || (role == "app" && var.app_fleet) }
+  description = "Which roles' UIs accept connections from allowed_web_cidrs: none by default; an expose_* variable opens its service, a certificate the load balancer (the app, or Grafana's name)."
+  value = merge(
+    { for role in local.roles : role => contains(keys(local.web_ports), role) },
+    {
+      app     = contains(keys(local.web_ports), "app") || local.app_public
+      grafana = local.grafana_https
+    },
+  )
+}
+
+output "public_services" {
+  description = "The UIs people reach from allowed_web_cidrs, by service, with their URL: none by default. Every other UI is reached with `cargo xtask open <service>` (a Session Manager tunnel)."
+  value = merge(
+    local.app_public || contains(keys(local.web_ports), "app") ? { app = local.app_url } : {},
+    var.expose_prometheus ? { prometheus = "http://${aws_instance.role["prometheus"].public_ip}:9090" } : {},
+    var.expose_alertmanager ? { alertmanager = "http://${aws_instance.role["prometheus"].public_ip}:9093" } : {},
+    var.expose_loki ? { loki = "http://${aws_instance.role["loki"].public_ip}:3100" } : {},
+    local.grafana_https ? { grafana = "https://${var.grafana_host_name}" } : {},
+  )
 }
 
 output "instance_ids" {
@@ -71,4 +96,71 @@ output "data_key_arn" {
 output "alert_topic_arn" {
   description = "ARN of the SNS topic critical alerts are published to: subscribe a phone, a pager or another address to it."
   value       = aws_sns_topic.alerts.arn
+}
+
+output "load_balancer_dns_name" {
+  description = "The app fleet's load balancer's DNS name (null without the fleet): point grafana_host_name at it (CNAME or alias)."
+  value       = var.app_fleet ? aws_lb.app[0].dns_name : null
+}
+
+# What a person (or a CI job) needs for `cargo xtask open` and for the tunnels of deploy,
+# verify and status, besides their other permissions: find the stack's instances, start a
+# port-forwarding session (and nothing else: the document check refuses a shell) on this
+# stack's instances only, end and resume their own sessions, read Grafana's password. The
+# actions and resources are those of AWS's Session Manager end-user policies ("Sample IAM
+# policies for Session Manager"; "Start a session with a document by specifying the session
+# documents in IAM policies").
+output "operator_access_policy" {
+  description = "IAM policy (JSON) for the people and jobs that reach this stack through Session Manager (`cargo xtask open`, the health gate's tunnels): attach it to their user or role."
+  value = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Sid      = "FindTheStacksInstances"
+        Effect   = "Allow"
+        Action   = ["ec2:DescribeInstanceStatus", "ec2:DescribeInstances"]
+        Resource = "*"
+      },
+      {
+        Sid      = "TunnelToThisStacksInstances"
+        Effect   = "Allow"
+        Action   = "ssm:StartSession"
+        Resource = "arn:${data.aws_partition.current.partition}:ec2:${var.region}:${data.aws_caller_identity.current.account_id}:instance/*"
+        Condition = {
+          StringEquals = { "ssm:resourceTag/obstack:deployment" = var.name }
+          BoolIfExists = { "ssm:SessionDocumentAccessCheck" = "true" }
+        }
+      },
+      {
+        Sid      = "PortForwardingOnly"
+        Effect   = "Allow"
+        Action   = "ssm:StartSession"
+        Resource = "arn:${data.aws_partition.current.partition}:ssm:${var.region}::document/AWS-StartPortForwardingSession"
+      },
+      {
+        Sid      = "OwnSessionsOnly"
+        Effect   = "Allow"
+        Action   = ["ssm:ResumeSession", "ssm:TerminateSession", "ssmmessages:OpenDataChannel"]
+        Resource = "arn:${data.aws_partition.current.partition}:ssm:${var.region}:${data.aws_caller_identity.current.account_id}:session/$${aws:userid}-*"
+      },
+      {
+        Sid      = "GrafanaAdminPassword"
+        Effect   = "Allow"
+        Action   = "ssm:GetParameter"
+        Resource = aws_ssm_parameter.grafana_admin_password.arn
+      },
+      {
+        Sid      = "GrafanaAdminPasswordKey"
+        Effect   = "Allow"
+        Action   = "kms:Decrypt"
+        Resource = aws_kms_key.stack.arn
+        Condition = {
+          StringEquals = {
+            "kms:ViaService"                      = "ssm.${var.region}.${data.aws_partition.current.dns_suffix}"
+            "kms:EncryptionContext:PARAMETER_ARN" = aws_ssm_parameter.grafana_admin_password.arn
+          }
+        }
+      },
+    ]
+  })
 }

@@ -23,9 +23,11 @@ locals {
     },
   )
 
-  # The UIs humans may reach, from allowed_web_cidrs only. Grafana always; the others on request.
+  # The services whose own port an expose_* variable opens to allowed_web_cidrs; none by
+  # default. People reach every UI through a Session Manager tunnel (`cargo xtask open`), and
+  # Grafana through the load balancer's HTTPS listener when it has a certificate
+  # (grafana_https.tf), never on its own port. Alertmanager's rule is in alerting.tf.
   web_ports = merge(
-    { grafana = 3000 },
     var.expose_prometheus ? { prometheus = 9090 } : {},
     var.expose_loki ? { loki = 3100 } : {},
     var.expose_app ? { app = 5000 } : {},
@@ -35,6 +37,19 @@ locals {
     for pair in setproduct(keys(local.web_ports), var.allowed_web_cidrs) :
     "${pair[0]}_from_${pair[1]}" => { role = pair[0], cidr = pair[1], port = local.web_ports[pair[0]] }
   }
+
+  # Which role's group the expose_* variables open to allowed_web_cidrs. Such a group refuses
+  # to be opened to nobody (an empty list) or to the whole internet: none of these services
+  # asks for a password.
+  exposed_groups = {
+    app        = var.expose_app
+    prometheus = var.expose_prometheus || var.expose_alertmanager
+    loki       = var.expose_loki
+  }
+  web_cidrs_usable = (
+    length(var.allowed_web_cidrs) > 0
+    && !anytrue([for cidr in var.allowed_web_cidrs : contains([local.any_ipv4, local.any_ipv6], cidr)])
+  )
 
   security_group_ids = {
     app        = aws_security_group.app.id
@@ -48,24 +63,59 @@ resource "aws_security_group" "app" {
   name        = "${var.name}-app"
   description = "obstack demo app with Promtail and node_exporter"
   vpc_id      = aws_vpc.main.id
+
+  lifecycle {
+    precondition {
+      condition     = !local.exposed_groups["app"] || local.web_cidrs_usable
+      error_message = "expose_app opens an unauthenticated service to allowed_web_cidrs: list your own addresses there (not empty, never the whole internet), or leave it off and use `cargo xtask open`."
+    }
+  }
 }
 
 resource "aws_security_group" "prometheus" {
   name        = "${var.name}-prometheus"
   description = "obstack Prometheus"
   vpc_id      = aws_vpc.main.id
+
+  lifecycle {
+    precondition {
+      condition     = !local.exposed_groups["prometheus"] || local.web_cidrs_usable
+      error_message = "expose_prometheus or expose_alertmanager opens an unauthenticated service to allowed_web_cidrs: list your own addresses there (not empty, never the whole internet), or leave it off and use `cargo xtask open`."
+    }
+  }
 }
 
 resource "aws_security_group" "loki" {
   name        = "${var.name}-loki"
   description = "obstack Loki"
   vpc_id      = aws_vpc.main.id
+
+  lifecycle {
+    precondition {
+      condition     = !local.exposed_groups["loki"] || local.web_cidrs_usable
+      error_message = "expose_loki opens an unauthenticated service to allowed_web_cidrs: list your own addresses there (not empty, never the whole internet), or leave it off and use `cargo xtask open`."
+    }
+  }
 }
 
 resource "aws_security_group" "grafana" {
   name        = "${var.name}-grafana"
   description = "obstack Grafana"
   vpc_id      = aws_vpc.main.id
+
+  # Grafana's HTTPS URL (grafana_https.tf). Before 1.9 a variable's validation cannot see
+  # another variable: these are checked at plan.
+  lifecycle {
+    precondition {
+      condition     = (var.grafana_certificate_arn == null) == (var.grafana_host_name == null)
+      error_message = "grafana_certificate_arn and grafana_host_name go together: the certificate must cover the host name Grafana is served at."
+    }
+
+    precondition {
+      condition     = var.grafana_certificate_arn == null || var.app_fleet
+      error_message = "Grafana's HTTPS URL is served by the app fleet's load balancer: set app_fleet = true, or leave grafana_certificate_arn unset and use `cargo xtask open grafana`."
+    }
+  }
 }
 
 resource "aws_vpc_security_group_ingress_rule" "peer" {

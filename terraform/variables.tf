@@ -79,12 +79,8 @@ variable "root_volume_size_gb" {
 
 variable "allowed_web_cidrs" {
   type        = list(string)
-  description = "IPv4 CIDRs allowed to reach the web UIs (Grafana always; Prometheus, Loki and the app only when exposed), e.g. your own public address with /32. There is no default on purpose."
-
-  validation {
-    condition     = length(var.allowed_web_cidrs) > 0
-    error_message = "allowed_web_cidrs needs at least one CIDR, e.g. your own address with /32."
-  }
+  description = "IPv4 CIDRs that may reach what you choose to publish: the load balancer's HTTPS listeners (grafana_certificate_arn, app_certificate_arn) and the services an expose_* variable opens, e.g. your own public address with /32. Empty (the default) publishes nothing: every UI is reached through `cargo xtask open`."
+  default     = []
 
   validation {
     condition     = alltrue([for c in var.allowed_web_cidrs : can(cidrhost(c, 0)) && can(regex("^[0-9.]+/[0-9]+$", c))])
@@ -109,21 +105,24 @@ variable "allowed_web_cidrs" {
   }
 }
 
+# The expose_* variables open a service's own port to allowed_web_cidrs. None of these
+# services asks for a password: prefer `cargo xtask open <service>` (a Session Manager tunnel).
+# The groups they open refuse an empty allowed_web_cidrs and 0.0.0.0/0 or ::/0 (security.tf).
 variable "expose_prometheus" {
   type        = bool
-  description = "Open Prometheus' UI (:9090) to allowed_web_cidrs. Grafana is always open to them."
+  description = "Open Prometheus' UI and API (:9090) to allowed_web_cidrs. Unauthenticated: anyone there can read every metric and target. Default off: `cargo xtask open prometheus`."
   default     = false
 }
 
 variable "expose_loki" {
   type        = bool
-  description = "Open Loki's HTTP API (:3100) to allowed_web_cidrs."
+  description = "Open Loki's HTTP API (:3100) to allowed_web_cidrs. Unauthenticated: anyone there can read every log line and push new ones. Default off: `cargo xtask open loki`."
   default     = false
 }
 
 variable "expose_app" {
   type        = bool
-  description = "Open the demo app (:5000) to allowed_web_cidrs, e.g. to generate traffic from your machine."
+  description = "Open the demo app to allowed_web_cidrs (the instances' :5000, and with the fleet the load balancer's port 80), e.g. to generate traffic from your machine. Unauthenticated. Default off: `cargo xtask open app`."
   default     = false
 }
 
@@ -285,7 +284,7 @@ variable "alert_webhook_url_parameter" {
 # (images/agent/src/value.rs, parse_web_url), so a value that passes here renders.
 variable "alert_grafana_url" {
   type        = string
-  description = "The address people open Grafana at (e.g. https://grafana.example.com), which alert notifications link to; null: Grafana's public address (the urls output's)."
+  description = "The address people open Grafana at (e.g. https://grafana.example.com), which alert notifications link to; null: https://<grafana_host_name> when Grafana is served on HTTPS, else http://127.0.0.1:3000, where `cargo xtask open grafana` serves it."
   default     = null
 
   validation {
@@ -306,7 +305,7 @@ variable "alert_grafana_url" {
 
 variable "expose_alertmanager" {
   type        = bool
-  description = "Open Alertmanager's UI (:9093) to allowed_web_cidrs. Grafana always reaches it."
+  description = "Open Alertmanager's UI and API (:9093) to allowed_web_cidrs. Unauthenticated: anyone there can read and silence every alert. Default off: `cargo xtask open alertmanager` (Grafana always reaches it)."
   default     = false
 }
 
@@ -355,7 +354,7 @@ variable "app_desired" {
 
 variable "app_certificate_arn" {
   type        = string
-  description = "ARN of an ACM certificate (in the stack's region) for the app's load balancer: HTTPS on 443 and HTTP redirected to it. null serves plain HTTP on 80."
+  description = "ARN of an ACM certificate (in the stack's region) for the app's load balancer: HTTPS on 443 to allowed_web_cidrs and HTTP redirected to it. null: no HTTPS for the app (plain HTTP on 80 only with expose_app)."
   default     = null
 
   validation {
@@ -409,5 +408,32 @@ variable "loki_s3_from" {
   validation {
     condition     = var.loki_s3_from == null || try(timecmp("${var.loki_s3_from}T00:00:00Z", "2024-04-01T00:00:00Z") > 0, false)
     error_message = "loki_s3_from must be later than 2024-04-01, the start of Loki's filesystem schema period."
+  }
+}
+
+# Grafana on HTTPS (grafana_https.tf): through the app fleet's load balancer, with a host name
+# whose certificate ACM holds. Without them Grafana has no listener on the internet.
+variable "grafana_certificate_arn" {
+  type        = string
+  description = "ARN of an ACM certificate (in the stack's region) for grafana_host_name: Grafana is then served on https://<grafana_host_name> by the app fleet's load balancer (HTTP redirected) to allowed_web_cidrs. null (the default): no Grafana listener on the internet, `cargo xtask open grafana`."
+  default     = null
+
+  validation {
+    condition     = var.grafana_certificate_arn == null || can(regex("^arn:aws[a-z-]*:acm:[a-z]{2}(-[a-z]+)+-[0-9]:[0-9]{12}:certificate/[0-9a-f-]{36}$", var.grafana_certificate_arn))
+    error_message = "grafana_certificate_arn must be an ACM certificate ARN (arn:aws:acm:<region>:<account>:certificate/<id>), or null."
+  }
+}
+
+# The load balancer matches it as a host header (at most 128 characters, a dot, only letters
+# after the last one) and Grafana's boot agent renders it into root_url (tag
+# obstack:grafana-host-name, checked there the same way).
+variable "grafana_host_name" {
+  type        = string
+  description = "The DNS name people open Grafana at, e.g. grafana.example.com, covered by grafana_certificate_arn; point it (CNAME or alias) at the load balancer (output load_balancer_dns_name). Required with grafana_certificate_arn."
+  default     = null
+
+  validation {
+    condition     = var.grafana_host_name == null || (length(coalesce(var.grafana_host_name, "x")) <= 128 && can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{1,63}$", coalesce(var.grafana_host_name, "x"))))
+    error_message = "grafana_host_name must be a lower-case DNS name of at least two labels ending in letters, such as grafana.example.com (at most 128 characters, no wildcard, no scheme or path)."
   }
 }

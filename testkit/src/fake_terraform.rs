@@ -94,6 +94,19 @@ impl FakeTerraform {
         self
     }
 
+    /// Installs the stand-in under `dir`, answering `output -json` with exactly `outputs`
+    /// (the JSON object `terraform output -json` prints).
+    pub fn install_with_outputs(dir: &Path, outputs: &serde_json::Value) -> FakeTerraform {
+        let fake = FakeTerraform::install(dir, &[]);
+        std::fs::write(&fake.outputs, outputs.to_string()).expect("write the outputs fixture");
+        fake
+    }
+
+    /// The directory holding the stand-in.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin
+    }
+
     /// Puts the stand-in first on `command`'s `PATH`.
     pub fn apply_env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
         let path = std::env::var("PATH").unwrap_or_default();

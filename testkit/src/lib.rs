@@ -4,10 +4,12 @@
 //! [`require_tool`]: a missing tool is a test *failure* with an install hint, never a
 //! silent skip, so CI cannot go green without having run them.
 
+pub mod fake_ssm;
 pub mod fake_terraform;
 pub mod http;
 pub mod services;
 
+pub use fake_ssm::FakeSsm;
 pub use fake_terraform::FakeTerraform;
 
 /// Real block devices for the data-volume tests.

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "cargo xtask",
     about = "Bake, launch and run the observability stack",
-    after_help = "Examples:\n  cargo xtask up                 # the whole stack on this machine, no AWS\n  cargo xtask bake --dry-run     # what would be baked, and why\n  cargo xtask bake               # bake the AMIs whose inputs changed\n  cargo xtask deploy             # launch the baked AMIs with Terraform"
+    after_help = "Examples:\n  cargo xtask up                 # the whole stack on this machine, no AWS\n  cargo xtask bake --dry-run     # what would be baked, and why\n  cargo xtask bake               # bake the AMIs whose inputs changed\n  cargo xtask deploy             # launch the baked AMIs with Terraform\n  cargo xtask open grafana       # Grafana of the deployed stack on 127.0.0.1"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -53,6 +53,8 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// Verify a stack end to end: a request through the app, Loki, Prometheus and Grafana.
     Verify(VerifyArgs),
+    /// Open a UI of the deployed stack on 127.0.0.1 through a Session Manager tunnel (no open port needed).
+    Open(OpenArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -172,7 +174,7 @@ pub struct PinArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask deploy --plan-only\n  cargo xtask deploy --auto-approve --var-file prod.tfvars\n  cargo xtask deploy --latest\n  cargo xtask deploy --channel stable\n  cargo xtask deploy --release 20261203-034012-1a2b3c4 --stack staging\n  cargo xtask deploy --backend-config s3.tfbackend   # shared state in S3"
+    after_help = "Examples:\n  cargo xtask deploy --plan-only\n  cargo xtask deploy --auto-approve --var-file prod.tfvars\n  cargo xtask deploy --latest\n  cargo xtask deploy --channel stable\n  cargo xtask deploy --release 20261203-034012-1a2b3c4 --stack staging\n  cargo xtask deploy --backend-config s3.tfbackend   # shared state in S3\n  cargo xtask deploy --tunnel --auto-approve   # health gate through Session Manager (a CI runner)"
 )]
 pub struct DeployArgs {
     /// Apply without asking for confirmation.
@@ -213,6 +215,9 @@ pub struct DeployArgs {
     /// How long to wait for the stack to become healthy, e.g. `10m`.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub health_timeout: Duration,
+    /// Run the health gate through Session Manager tunnels even where a direct route answers (by default a tunnel is opened only for what cannot be reached directly).
+    #[arg(long)]
+    pub tunnel: bool,
     /// AWS region (default: the standard AWS settings).
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,
@@ -266,10 +271,16 @@ pub struct RestoreArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask status\n  cargo xtask status --tunnel --json   # health through Session Manager tunnels only"
+)]
 pub struct StatusArgs {
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Check health through Session Manager tunnels even where a direct route answers (by default a tunnel is opened only for what cannot be reached directly).
+    #[arg(long)]
+    pub tunnel: bool,
     /// AWS region (default: the standard AWS settings).
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,
@@ -457,7 +468,7 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask up --detach && cargo xtask verify\n  cargo xtask verify --deployed --require-all --json > verify.json\n  cargo xtask verify --log-deadline 2m"
+    after_help = "Examples:\n  cargo xtask up --detach && cargo xtask verify\n  cargo xtask verify --deployed --require-all --json > verify.json\n  cargo xtask verify --deployed --tunnel   # through Session Manager tunnels (a CI runner)\n  cargo xtask verify --log-deadline 2m"
 )]
 pub struct VerifyArgs {
     /// Verify the local stack of `cargo xtask up --detach` (the default when one runs).
@@ -478,7 +489,29 @@ pub struct VerifyArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Reach a deployed stack through Session Manager tunnels even where a direct route answers (by default a tunnel is opened only for what cannot be reached directly).
+    #[arg(long)]
+    pub tunnel: bool,
     /// AWS region of a deployed stack (default: the one the last deploy used).
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  cargo xtask open grafana    # prints http://127.0.0.1:3000 (another port if 3000 is taken), and the password command\n  cargo xtask open grafana --port 8443\n  cargo xtask open prometheus --stack staging --region eu-west-1\n  cargo xtask open app --instance i-0123456789abcdef0\n\nNeeds the AWS CLI and its Session Manager plugin, and the IAM permissions of Terraform's output operator_access_policy. Ctrl-C closes the tunnel."
+)]
+pub struct OpenArgs {
+    /// The UI to open: grafana, prometheus, alertmanager, loki, app or promtail.
+    #[arg(value_name = "SERVICE")]
+    pub service: String,
+    /// This instance of the role (e.g. one app fleet instance) instead of the best running one.
+    #[arg(long, value_name = "ID")]
+    pub instance: Option<String>,
+    /// Listen on this port of 127.0.0.1 (default: the service's own port, e.g. 3000 for
+    /// Grafana, when it is free, else any free port).
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    #[command(flatten)]
+    pub stack: StackArgs,
 }

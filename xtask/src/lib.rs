@@ -1,9 +1,10 @@
 //! The operator's commands as a library: `main.rs` parses the command line and calls the
 //! command's `run`; tests and `testkit` use the same public API.
 //!
-//! One module per command (`bake`, `deploy`, `restore`, `images`, `prune`, `pin`, `up`, `bench`), the
-//! role registry (`roles`), wrappers for AWS (`ami`), Packer (`packer`) and processes
-//! (`cmd`), and small shared helpers (`table`, `atomic`, `report`, `moto`, `slack`).
+//! One module per command (`bake`, `deploy`, `restore`, `images`, `prune`, `pin`, `up`,
+//! `bench`, `open`), the role registry (`roles`), wrappers for AWS (`ami`), Packer
+//! (`packer`), processes (`cmd`) and Session Manager tunnels (`tunnel`), and small shared
+//! helpers (`table`, `atomic`, `report`, `moto`, `slack`).
 
 pub mod ami;
 pub mod atomic;
@@ -17,6 +18,7 @@ pub mod hash;
 pub mod images;
 pub mod loopdev;
 pub mod moto;
+pub mod open;
 pub mod packer;
 pub mod pin;
 pub mod project;
@@ -28,6 +30,7 @@ pub mod roles;
 pub mod slack;
 pub mod snapshots;
 pub mod table;
+pub mod tunnel;
 pub mod up;
 pub mod verify;
 pub mod versions;

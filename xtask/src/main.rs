@@ -28,6 +28,7 @@ fn main() {
         Command::Promote(args) => release::run_promote(args),
         Command::Rollback(args) => release::run_rollback(args),
         Command::Verify(args) => xtask::verify::run(args),
+        Command::Open(args) => xtask::open::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {}", report::one_line(&error));

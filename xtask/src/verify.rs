@@ -24,12 +24,20 @@ use target::Target;
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let registry = Registry::load_default()?;
+    // A deployed stack's tunnels (if any) stay open until the report is done.
+    let mut reached = None;
     let target = if args.deployed || (!args.local && !target::local_stack_exists()?) {
-        let stack = crate::deploy::deployed_stack(args.region.clone()).context(
+        let stack = crate::deploy::deployed_stack(
+            args.region.clone(),
+            crate::tunnel::reach::Route::from_flag(args.tunnel),
+        )
+        .context(
             "no local stack runs (`cargo xtask up --detach` starts one) and the deployed stack \
-             cannot be read",
+             cannot be reached",
         )?;
-        Target::deployed(&registry, &stack)?
+        let target = Target::deployed(&registry, &stack.endpoints)?;
+        reached = Some(stack);
+        target
     } else {
         Target::local(&registry)?
     };
@@ -50,6 +58,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<()> {
             report.elapsed_seconds
         );
     }
+    drop(reached);
     report::verdict(&report.checks, args.require_all).map_err(|problems| {
         anyhow::anyhow!("the {} stack is not verified: {problems}", target.name)
     })

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::error::AgentError;
 use crate::spec::{rooted, secret_stem, RoleSpec};
 use crate::tags::{self, Tags};
-use crate::value::{self, AppFleet, LokiS3, PeerAddress, SnsTopic};
+use crate::value::{self, AppFleet, HttpsHost, LokiS3, PeerAddress, SnsTopic};
 
 /// What every template sees. Field names are the template variables.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +38,10 @@ pub struct Context {
     /// Where people open Grafana (tag `obstack:grafana-url`, no trailing `/`), `none`
     /// untagged: `{% if grafana_url %}{{ grafana_url }}/d/...`.
     pub grafana_url: Option<String>,
+    /// The public HTTPS name Grafana is served at (tag `obstack:grafana-host-name`), `none`
+    /// when it is reached only through a tunnel: `{% if grafana_https %}...
+    /// {{ grafana_https.url }}`.
+    pub grafana_https: Option<HttpsHost>,
 }
 
 /// Validates every tag this role reads and builds the context.
@@ -88,6 +92,13 @@ pub fn build(
     let mut missing = Vec::new();
     let app_fleet = app_fleet(tags, &mut missing)?;
     let loki_s3 = loki_s3(tags)?;
+    let grafana_https = match tags.get(tags::GRAFANA_HOST_NAME) {
+        Some(raw) => Some(
+            HttpsHost::parse(raw)
+                .map_err(|reason| AgentError::bad_tag(tags::GRAFANA_HOST_NAME, reason))?,
+        ),
+        None => None,
+    };
     let mut peers = BTreeMap::new();
     for (name, peer) in &spec.peers {
         let key = tags::peer_key(name);
@@ -132,6 +143,7 @@ pub fn build(
         app_fleet,
         loki_s3,
         grafana_url,
+        grafana_https,
     })
 }
 
@@ -424,6 +436,32 @@ mod tests {
         ];
         pairs.extend_from_slice(extra);
         tags(&pairs)
+    }
+
+    #[test]
+    fn the_grafana_host_name_tag_is_parsed_or_a_bad_tag() {
+        let base = [("obstack:peer:app", "10.0.0.1")];
+        let plain = build(&spec(), &tags(&base), "", "i-1").unwrap();
+        assert!(plain.grafana_https.is_none());
+        let named = tags(&[
+            base[0],
+            ("obstack:grafana-host-name", "grafana.example.com"),
+        ]);
+        let https = build(&spec(), &named, "", "i-1").unwrap().grafana_https;
+        assert_eq!(
+            https.map(|h| h.url),
+            Some("https://grafana.example.com/".to_string())
+        );
+        let bad = tags(&[
+            base[0],
+            ("obstack:grafana-host-name", "https://grafana.example.com"),
+        ]);
+        let error = build(&spec(), &bad, "", "i-1").unwrap_err();
+        assert!(
+            matches!(&error, AgentError::BadTag { key, .. } if key == "obstack:grafana-host-name"),
+            "{error}"
+        );
+        assert!(!error.is_transient());
     }
 
     #[test]

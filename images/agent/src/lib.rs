@@ -33,7 +33,7 @@ pub use restart::Restarter;
 pub use secrets::{ensure_generated, Created};
 pub use source::TagSource;
 pub use spec::{RoleSpec, SecretFormat, SecretSpec};
-pub use value::{AppFleet, LokiS3, PeerAddress, SnsTopic};
+pub use value::{AppFleet, HttpsHost, LokiS3, PeerAddress, SnsTopic};
 pub use write::{write_file, write_files, Ownership, WriteOutcome};
 
 /// Renders `role`'s templates from `tags`, in memory. Pure: validates the tags (a bad value

@@ -54,6 +54,11 @@ pub const LOKI_S3_REGION: &str = "obstack:loki-s3-region";
 pub const LOKI_S3_FROM: &str = "obstack:loki-s3-from";
 /// All of Loki's S3 tags, in the order errors name them.
 pub const LOKI_S3_TAGS: [&str; 3] = [LOKI_S3_BUCKET, LOKI_S3_REGION, LOKI_S3_FROM];
+/// Optional, on Grafana's instance: the DNS name Grafana is served at over HTTPS by the load
+/// balancer (Terraform's `grafana_host_name`, only with its certificate). Grafana then links
+/// and redirects to `https://<name>/`, marks its cookie Secure and sends HSTS. Templates see
+/// `grafana_https.host` and `grafana_https.url`.
+pub const GRAFANA_HOST_NAME: &str = "obstack:grafana-host-name";
 
 /// Where `bind_address` points when the instance has no `obstack:bind-address` tag.
 pub const DEFAULT_BIND_ADDRESS: &str = "0.0.0.0";

@@ -154,6 +154,58 @@ pub struct LokiS3 {
     pub from: String,
 }
 
+/// A public name a service is served at over HTTPS, TLS ending at the load balancer in front
+/// of it, as templates see it (`grafana_https.*`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpsHost {
+    /// The DNS name, e.g. `grafana.example.com`.
+    pub host: String,
+    /// `https://<host>/`: what links and redirects point at.
+    pub url: String,
+}
+
+/// The longest host name a load balancer's host-header condition matches.
+const MAX_PUBLIC_HOST_LEN: usize = 128;
+
+impl HttpsHost {
+    /// Parses a lower-case DNS name of at least two labels, the last of letters only, at most
+    /// 128 characters: what a load balancer's host-header condition matches, and Terraform's
+    /// `grafana_host_name` validation accepts. No IP address, wildcard, port, scheme or path.
+    pub fn parse(value: &str) -> Result<HttpsHost, String> {
+        check_plain_text(value)?;
+        let shape = "a public host name is a lower-case DNS name of two or more labels, the last \
+                     of letters only, such as grafana.example.com (no scheme, port, path or \
+                     wildcard)";
+        if value.len() > MAX_PUBLIC_HOST_LEN {
+            return Err(format!(
+                "is {} characters long; a load balancer matches host names of at most \
+                 {MAX_PUBLIC_HOST_LEN}",
+                value.len()
+            ));
+        }
+        let labels: Vec<&str> = value.split('.').collect();
+        let label_ok = |label: &&str| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        };
+        let last_ok = labels
+            .last()
+            .is_some_and(|last| last.chars().all(|c| c.is_ascii_lowercase()));
+        if labels.len() < 2 || !labels.iter().all(label_ok) || !last_ok {
+            return Err(format!("`{value}` is not a public host name; {shape}"));
+        }
+        Ok(HttpsHost {
+            host: value.to_string(),
+            url: format!("https://{value}/"),
+        })
+    }
+}
+
 /// The largest fleet the agent accepts: a bound on Prometheus' series per app metric and
 /// Loki's streams per label set (the `instance` label's cardinality).
 pub const MAX_FLEET_SIZE: u32 = 1000;
@@ -783,6 +835,41 @@ mod tests {
             ("2027-01-15\nx: y", "line break"),
         ] {
             let error = parse_schema_date(bad).unwrap_err();
+            assert!(error.contains(why), "{bad:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn public_host_names_are_lower_case_dns_names_the_load_balancer_matches() {
+        let host = HttpsHost::parse("grafana.example.com").unwrap();
+        assert_eq!(
+            (host.host.as_str(), host.url.as_str()),
+            ("grafana.example.com", "https://grafana.example.com/")
+        );
+        for good in ["a.io", "obs-1.team-a.example.org", "x1.example.com"] {
+            assert!(HttpsHost::parse(good).is_ok(), "{good}");
+        }
+        let long = format!("{}.example.com", "a".repeat(120));
+        for (bad, why) in [
+            ("localhost", "not a public host name"),
+            ("Grafana.example.com", "not a public host name"),
+            ("10.0.0.1", "not a public host name"),
+            ("example.123", "not a public host name"),
+            ("grafana.example.c0m", "not a public host name"),
+            ("grafana.example.co-m", "not a public host name"),
+            ("*.example.com", "not a public host name"),
+            ("grafana.example.com.", "not a public host name"),
+            ("-a.example.com", "not a public host name"),
+            ("https://grafana.example.com", "not a public host name"),
+            ("grafana.example.com:443", "not a public host name"),
+            ("grafana.example.com/x", "not a public host name"),
+            ("grafana..example.com", "not a public host name"),
+            (long.as_str(), "at most 128"),
+            ("grafana.example.com\nroot_url = x", "line break"),
+            ("a b.com", "whitespace"),
+            ("", "empty"),
+        ] {
+            let error = HttpsHost::parse(bad).unwrap_err();
             assert!(error.contains(why), "{bad:?}: {error}");
         }
     }

@@ -214,16 +214,23 @@ fn http(name: &str, url: String) -> Check {
 /// Runs checks over HTTP with a per-request timeout.
 pub struct Checker {
     http: reqwest::blocking::Client,
+    /// For 127.0.0.1 (a Session Manager tunnel, a local stack): never through a proxy.
+    loopback: reqwest::blocking::Client,
 }
 
 impl Checker {
     pub fn new(request_timeout: Duration) -> anyhow::Result<Checker> {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(request_timeout)
-            .connect_timeout(request_timeout)
-            .build()
-            .context("cannot build an HTTP client")?;
-        Ok(Checker { http })
+        let client = |direct: bool| {
+            let builder = reqwest::blocking::Client::builder()
+                .timeout(request_timeout)
+                .connect_timeout(request_timeout);
+            let builder = if direct { builder.no_proxy() } else { builder };
+            builder.build().context("cannot build an HTTP client")
+        };
+        Ok(Checker {
+            http: client(false)?,
+            loopback: client(true)?,
+        })
     }
 
     /// Runs every check once.
@@ -296,7 +303,12 @@ impl Checker {
     }
 
     fn get(&self, url: &str, auth: Option<&BasicAuth>) -> Result<String, String> {
-        let mut request = self.http.get(url);
+        let client = if url.starts_with("http://127.0.0.1") {
+            &self.loopback
+        } else {
+            &self.http
+        };
+        let mut request = client.get(url);
         if let Some(auth) = auth {
             request = request.basic_auth(&auth.user, Some(&auth.password));
         }

@@ -260,6 +260,9 @@ pub struct Outputs {
     pub data_key_arn: Option<String>,
     /// Loki's bucket, with `loki_storage = "s3"`.
     pub loki_bucket: Option<String>,
+    /// service → URL of each UI published to `allowed_web_cidrs` (empty by default, and in
+    /// a state written before this output): every other UI is reached through a tunnel.
+    pub public_services: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -281,6 +284,7 @@ struct RawOutputs {
     data_volume_ids: Option<Output<BTreeMap<String, String>>>,
     data_key_arn: Option<Output<String>>,
     loki_bucket: Option<Output<Option<String>>>,
+    public_services: Option<Output<BTreeMap<String, String>>>,
 }
 
 impl Outputs {
@@ -299,6 +303,7 @@ impl Outputs {
             data_volume_ids: raw.data_volume_ids.map(|o| o.value).unwrap_or_default(),
             data_key_arn: raw.data_key_arn.map(|o| o.value),
             loki_bucket: raw.loki_bucket.and_then(|o| o.value),
+            public_services: raw.public_services.map(|o| o.value).unwrap_or_default(),
         })
     }
 

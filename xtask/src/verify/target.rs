@@ -1,7 +1,9 @@
 //! Which stack `verify` checks and how each component is reached: a local stack from
 //! `cargo xtask up --detach` (every component on loopback, as `ps` finds it), or the one
-//! Terraform deployed (Grafana with the admin password from SSM, Prometheus and Loki
-//! through Grafana's datasource proxy unless they are exposed themselves).
+//! Terraform deployed, as `xtask::tunnel::reach` reaches it (each role directly where it is
+//! published and answers, else through a Session Manager tunnel on 127.0.0.1; Grafana with
+//! the admin password from SSM; Prometheus and Loki through Grafana's datasource proxy when
+//! neither way reaches them).
 
 use std::collections::BTreeSet;
 

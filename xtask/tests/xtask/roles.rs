@@ -111,10 +111,22 @@ fn every_kind_of_disagreement_fails_the_check() {
         &disagreements(&terraform, &registry),
         &[
             "outputs.tf output.urls: grafana on port 3000",
-            "security.tf local.web_ports: grafana on port 3000",
             "prometheus -> grafana on port 3000, but no service of grafana listens there",
             "no flow prometheus -> grafana on port 3001",
         ],
+    );
+    // The ports an expose_* variable opens.
+    let (_dir, registry) = changed_registry(|images| {
+        edit_role(images, "loki", |doc| set_service_port(doc, "loki", 3101));
+        for reader in ["app", "prometheus", "grafana"] {
+            edit_role(images, reader, |doc| {
+                doc["peers"]["loki"]["port"] = toml_edit::value(3101);
+            });
+        }
+    });
+    assert_reported(
+        &disagreements(&terraform, &registry),
+        &["security.tf local.web_ports: loki on port 3100"],
     );
 
     // A role that is gone from images/.

@@ -36,6 +36,9 @@ impl Sample {
 
 const CERTIFICATE: &str =
     "arn:aws:acm:eu-west-1:123456789012:certificate/0a1b2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d";
+/// Grafana's own certificate (another one than the app's: a listener certificate is added).
+const GRAFANA_CERTIFICATE: &str =
+    "arn:aws:acm:eu-west-1:123456789012:certificate/9f8e7d6c-5b4a-4398-8776-655443322110";
 
 /// The variables without a default, and `name` and `region`.
 fn base(name: &str, region: &str) -> Vec<(&'static str, String)> {
@@ -61,6 +64,11 @@ fn everything(name: &str, region: &str) -> Vec<(&'static str, String)> {
     vars.extend([
         ("app_fleet", "true".to_string()),
         ("app_certificate_arn", CERTIFICATE.to_string()),
+        ("grafana_certificate_arn", GRAFANA_CERTIFICATE.to_string()),
+        (
+            "grafana_host_name",
+            "grafana.monitoring-team.example.com".to_string(),
+        ),
         ("enable_flow_logs", "true".to_string()),
         ("loki_storage", "s3".to_string()),
         ("loki_s3_from", "2026-01-15".to_string()),
@@ -68,6 +76,10 @@ fn everything(name: &str, region: &str) -> Vec<(&'static str, String)> {
         (
             "alert_webhook_url_parameter",
             "/obstack/alerts/webhook-url".to_string(),
+        ),
+        (
+            "alert_slack_webhook_url_parameter",
+            "/obstack/alerts/slack-url".to_string(),
         ),
         ("expose_prometheus", "true".to_string()),
         ("expose_loki", "true".to_string()),

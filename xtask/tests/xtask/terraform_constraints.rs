@@ -300,6 +300,7 @@ fn allowed_web_cidrs_must_be_canonical_and_distinct() {
         &console,
         "allowed_web_cidrs",
         &[
+            "[]", // the default: nothing published, every UI through a tunnel
             r#"["203.0.113.7/32"]"#,
             r#"["198.51.100.0/24","203.0.113.7/32"]"#,
         ],
@@ -308,7 +309,6 @@ fn allowed_web_cidrs_must_be_canonical_and_distinct() {
             r#"["198.51.100.0/24","198.51.100.1/24"]"#, //
             r#"["203.0.113.7/32","203.0.113.7/32"]"#,   // a duplicate for_each key
             r#"["198.51.100.0/24","203.0.113.7/32","198.51.100.0/24"]"#,
-            "[]",               // nobody could reach Grafana
             r#"["0.0.0.0/0"]"#, // the whole internet
             r#"["my-laptop"]"#, //
         ],

@@ -63,6 +63,14 @@ fn blocks<'a>(body: &'a Body, identifier: &str) -> Vec<&'a Body> {
         .collect()
 }
 
+/// `expr`, or the expression of the local it names (`local.x`).
+fn local_or_expr(files: &BTreeMap<String, Body>, expr: &str) -> String {
+    match expr.strip_prefix("local.") {
+        Some(name) => local_expr(files, name),
+        None => expr.to_string(),
+    }
+}
+
 /// How many instances of `resource` exist with `vars` (its `count`, or its `for_each`'s size).
 fn instances(console: &Console, vars: &[(&str, &str)], resource: &Block) -> u64 {
     let expr = instance_count_expr(resource);
@@ -426,9 +434,14 @@ fn the_load_balancer_serves_http_or_redirects_to_https_with_a_certificate() {
         attr(https.body(), "protocol"),
         Some(&Expression::from("HTTPS"))
     );
+    // The app's certificate when it has one (Grafana's otherwise: terraform_access.rs).
+    let certificate = text(attr(https.body(), "certificate_arn"));
     assert_eq!(
-        text(attr(https.body(), "certificate_arn")),
-        "var.app_certificate_arn"
+        console.eval_expr(
+            &with(&[("app_certificate_arn", CERTIFICATE)]),
+            &local_or_expr(&files, &certificate)
+        ),
+        json!(CERTIFICATE)
     );
     let policy = text(attr(https.body(), "ssl_policy"));
     let policy = policy.trim_matches('"');
@@ -438,13 +451,19 @@ fn the_load_balancer_serves_http_or_redirects_to_https_with_a_certificate() {
         "a TLS 1.3 policy with 1.2 at the least: {policy}"
     );
     let https_action = block(https.body(), "default_action").expect("default_action");
+    let with_certificate = with(&[("app_certificate_arn", CERTIFICATE)]);
     assert_eq!(
-        attr(https_action, "type"),
-        Some(&Expression::from("forward"))
+        console.eval_expr(&with_certificate, &text(attr(https_action, "type"))),
+        json!("forward")
+    );
+    let target = replace_reference(
+        &text(attr(https_action, "target_group_arn")),
+        "aws_lb_target_group.app",
+        r#"[{arn="the app's target group"}]"#,
     );
     assert_eq!(
-        text(attr(https_action, "target_group_arn")),
-        "aws_lb_target_group.app[0].arn"
+        console.eval_expr(&with_certificate, &target),
+        json!("the app's target group")
     );
 
     // Port 80's action and the listeners that exist, with and without a certificate.
@@ -678,12 +697,17 @@ fn only_allowed_web_cidrs_reach_the_load_balancer_and_only_it_reaches_the_app_po
         v.sort();
         v
     };
-    assert_eq!(flows(&with(&[])), expect(&[80]));
+    assert_eq!(
+        flows(&with(&[])),
+        expect(&[]),
+        "by default the load balancer admits nobody: the app is reached with `cargo xtask open app`"
+    );
+    assert_eq!(flows(&with(&[("expose_app", "true")])), expect(&[80]));
     assert_eq!(
         flows(&with(&[("app_certificate_arn", CERTIFICATE)])),
         expect(&[80, 443])
     );
-    assert!(flows(&with(&[("app_fleet", "false")])).is_empty());
+    assert!(flows(&with(&[("app_fleet", "false"), ("expose_app", "true")])).is_empty());
 
     let rules_on = |kind: &str, group: &str| -> Vec<String> {
         resources(&files, kind)
@@ -699,12 +723,19 @@ fn only_allowed_web_cidrs_reach_the_load_balancer_and_only_it_reaches_the_app_po
         ),
         ["aws_vpc_security_group_ingress_rule.alb_web"]
     );
-    // Out of the load balancer: only to the app's group, on the app's port.
+    // Out of the load balancer: only to the app's group, on the app's port (and to Grafana's
+    // with its certificate: terraform_access.rs).
     let egress = rules_on(
         "aws_vpc_security_group_egress_rule",
         "aws_security_group.alb[0].id",
     );
-    assert_eq!(egress, ["aws_vpc_security_group_egress_rule.alb_to_app"]);
+    assert_eq!(
+        egress,
+        [
+            "aws_vpc_security_group_egress_rule.alb_to_app",
+            "aws_vpc_security_group_egress_rule.alb_to_grafana"
+        ]
+    );
     let to_app = resource(&files, "aws_vpc_security_group_egress_rule", "alb_to_app");
     assert_eq!(
         text(attr(to_app.body(), "referenced_security_group_id")),
@@ -917,9 +948,16 @@ fn the_single_instance_layout_is_unchanged_without_the_fleet() {
     );
     assert_eq!(
         console.eval_expr(&with(&[]), &exposed)["app"],
-        json!(true),
-        "with the fleet the load balancer is open to allowed_web_cidrs: deploy's health gate checks app /health through it"
+        json!(false),
+        "with the fleet the load balancer admits nobody by default"
     );
+    for published in [("expose_app", "true"), ("app_certificate_arn", CERTIFICATE)] {
+        assert_eq!(
+            console.eval_expr(&with(&[published]), &exposed)["app"],
+            json!(true),
+            "{published:?} opens the load balancer to allowed_web_cidrs: deploy's health gate checks app /health through it"
+        );
+    }
     let urls = replace_reference(
         &replace_reference(
             &output("urls"),

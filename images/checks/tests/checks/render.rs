@@ -714,6 +714,83 @@ fn grafana_ini_is_hardened_and_reads_secrets_from_files() {
     );
 }
 
+/// grafana.ini rendered from Grafana's sample tags plus `extra`, as (section, key) → value.
+fn grafana_ini(extra: &[(&str, &str)]) -> BTreeMap<(String, String), String> {
+    let root = tempfile::tempdir().unwrap();
+    let mut tags = sample_tags("grafana");
+    for (key, value) in extra {
+        tags.insert(key.to_string(), value.to_string());
+    }
+    let files = render("grafana", &tags, root.path());
+    ini(&file(&files, root.path(), "/etc/grafana/grafana.ini").contents)
+}
+
+fn ini_value<'a>(
+    ini: &'a BTreeMap<(String, String), String>,
+    section: &str,
+    key: &str,
+) -> Option<&'a str> {
+    ini.get(&(section.to_string(), key.to_string()))
+        .map(String::as_str)
+}
+
+#[test]
+fn grafana_behind_a_tunnel_serves_plain_http_without_a_public_url() {
+    let ini = grafana_ini(&[]);
+    assert_eq!(ini_value(&ini, "server", "protocol"), Some("http"));
+    for key in ["root_url", "domain"] {
+        assert_eq!(
+            ini_value(&ini, "server", key),
+            None,
+            "[server] {key}: Grafana's default (localhost) without a public name"
+        );
+    }
+    assert_eq!(ini_value(&ini, "security", "cookie_secure"), Some("false"));
+    assert_eq!(
+        ini_value(&ini, "security", "strict_transport_security"),
+        Some("false")
+    );
+}
+
+#[test]
+fn grafana_with_a_public_host_name_links_to_https_with_secure_cookies_and_hsts() {
+    let ini = grafana_ini(&[("obstack:grafana-host-name", "grafana.example.com")]);
+    // TLS ends at the load balancer: Grafana itself still speaks HTTP on its port.
+    assert_eq!(ini_value(&ini, "server", "protocol"), Some("http"));
+    assert_eq!(ini_value(&ini, "server", "http_port"), Some("3000"));
+    assert_eq!(
+        ini_value(&ini, "server", "domain"),
+        Some("grafana.example.com")
+    );
+    assert_eq!(
+        ini_value(&ini, "server", "root_url"),
+        Some("https://grafana.example.com/")
+    );
+    assert_eq!(ini_value(&ini, "security", "cookie_secure"), Some("true"));
+    assert_eq!(
+        ini_value(&ini, "security", "strict_transport_security"),
+        Some("true")
+    );
+    let max_age: u64 = ini_value(
+        &ini,
+        "security",
+        "strict_transport_security_max_age_seconds",
+    )
+    .expect("an HSTS max age")
+    .parse()
+    .unwrap();
+    assert!(
+        max_age >= 86_400 * 180,
+        "HSTS for at least half a year: {max_age}"
+    );
+    // The rest of the hardening is unchanged.
+    assert_eq!(
+        ini_value(&ini, "security", "cookie_samesite"),
+        Some("strict")
+    );
+    assert_eq!(ini_value(&ini, "auth.anonymous", "enabled"), Some("false"));
+}
+
 /// (section, key) → value of a Grafana ini file.
 fn ini(text: &str) -> BTreeMap<(String, String), String> {
     let mut section = String::new();
@@ -761,6 +838,9 @@ fn bad_tag_values_never_reach_a_rendered_file() {
             .map(|p| format!("obstack:peer:{p}"))
             .collect();
         keys.push("obstack:bind-address".into());
+        if role == "grafana" {
+            keys.push("obstack:grafana-host-name".into());
+        }
         for key in keys {
             for bad in INJECTIONS {
                 let mut tags = sample_tags(role);
