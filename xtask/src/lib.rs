@@ -2,7 +2,7 @@
 //! command's `run`; tests and `testkit` use the same public API.
 //!
 //! One module per command (`bake`, `deploy`, `images`, `prune`, `pin`, `up`, `bench`), the
-//! role registry (`roles`), wrappers for AWS (`ami`), Packer (`packer`) and processes
+//! role registry (`roles`), the choice of AMIs to launch (`select`), wrappers for AWS (`ami`), Packer (`packer`) and processes
 //! (`cmd`), and small shared helpers (`table`, `atomic`, `report`, `moto`).
 
 pub mod ami;
@@ -24,6 +24,7 @@ pub mod prune;
 pub mod release;
 pub mod report;
 pub mod roles;
+pub mod select;
 pub mod table;
 pub mod up;
 pub mod verify;
