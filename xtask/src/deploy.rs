@@ -91,7 +91,12 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
 
     let outputs = terraform.outputs()?;
     let current = runtime.block_on(running_amis(&region, &outputs))?;
-    let steps = rollout::plan(&rollout::ORDER, &current, &target, args.all_at_once)?;
+    let steps = rollout::plan(
+        &registry.rollout_order(),
+        &current,
+        &target,
+        args.all_at_once,
+    )?;
     print_rollout(&registry, &steps);
 
     let plan_path = deploy_dir().join("obstack.tfplan");

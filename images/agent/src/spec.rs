@@ -36,6 +36,9 @@ pub struct RoleSpec {
     _image: serde::de::IgnoredAny,
     #[serde(default, rename = "services")]
     _services: serde::de::IgnoredAny,
+    /// How `cargo xtask deploy` rolls the role out: xtask's, not the agent's.
+    #[serde(default, rename = "deploy")]
+    _deploy: serde::de::IgnoredAny,
     /// The directory holding role.toml; template paths are relative to it.
     #[serde(skip)]
     pub dir: PathBuf,
