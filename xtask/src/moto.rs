@@ -23,18 +23,29 @@ impl Moto {
             "moto_server",
             "install it with `pip install 'moto[server]'`",
         )?;
+        Moto::start_with(|port| {
+            let mut command = Command::new(&program);
+            command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            Ok(command)
+        })
+    }
+
+    /// Starts the server `command(port)` describes (moto_server, or a launcher that sets it
+    /// up first) on a free loopback port and waits until it answers.
+    pub fn start_with(
+        command: impl FnOnce(u16) -> anyhow::Result<Command>,
+    ) -> anyhow::Result<Moto> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .context("cannot find a free loopback port")?
             .port();
-        let child = Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = command(port)?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start moto_server")?;
-        let moto = Moto { child, port };
+        let mut moto = Moto { child, port };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(2))
@@ -48,6 +59,9 @@ impl Moto {
                 .send()
                 .is_err()
         {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                anyhow::bail!("moto_server exited before it answered ({status})");
+            }
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "moto_server did not answer on {addr} within 30 s"

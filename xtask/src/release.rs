@@ -160,6 +160,8 @@ struct Listing {
     releases: Vec<ListedRelease>,
     malformed: Vec<String>,
     channels: BTreeMap<String, String>,
+    /// Rejected release id → why (`promote` refuses these).
+    rejected: BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -167,12 +169,15 @@ struct ListedRelease {
     #[serde(flatten)]
     release: Release,
     channels: Vec<String>,
+    /// Why the release was rejected, when it was.
+    rejected: Option<String>,
 }
 
 pub fn run_list(args: ReleasesArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let store = Store::connect(args.stack.region.as_deref(), &args.stack.stack).await?;
         let channels = store.channels().await?;
+        let rejected = store.rejections().await?;
         let mut releases = Vec::new();
         let mut malformed = Vec::new();
         for entry in store.releases().await? {
@@ -194,11 +199,13 @@ pub fn run_list(args: ReleasesArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|release| ListedRelease {
                     channels: pointing(&release.id),
+                    rejected: rejected.get(&release.id).cloned(),
                     release,
                 })
                 .collect(),
             malformed,
             channels,
+            rejected,
         };
         if args.json {
             println!("{}", serde_json::to_string_pretty(&listing)?);
@@ -220,11 +227,12 @@ fn print_listing(listing: &Listing, stack: &str) {
                 entry.release.created.clone(),
                 git,
                 entry.channels.join(", "),
+                entry.rejected.clone().unwrap_or_default(),
             ]
         });
         print!(
             "{}",
-            crate::table::render(&["RELEASE", "CREATED", "GIT", "CHANNELS"], rows)
+            crate::table::render(&["RELEASE", "CREATED", "GIT", "CHANNELS", "REJECTED"], rows)
         );
     }
     for error in &listing.malformed {
@@ -261,6 +269,17 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<()> {
                 args.to, release.id
             );
             return Ok(());
+        }
+        // A release someone rolled back stays out of the channels: otherwise the next
+        // nightly promotion would undo the rollback.
+        if let Some(why) = store.rejection(&release.id).await? {
+            if !args.force {
+                bail!(
+                    "release {} is rejected ({why}); promote refuses it: record a new release, or pass --force to promote it anyway",
+                    release.id
+                );
+            }
+            eprintln!("warning: promoting rejected release {} ({why}) because of --force", release.id);
         }
         let version = store
             .point(
@@ -300,6 +319,14 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
             );
         };
         usable_release(&store, &client, &target).await?;
+        // Rejected before the channel moves: a rollback that moved the channel but did not
+        // reject would be undone by the next promotion.
+        store
+            .reject(
+                &current,
+                &history::rejection_reason(&args.channel, &target, SystemTime::now()),
+            )
+            .await?;
         let version = store
             .point(
                 &args.channel,
@@ -308,7 +335,7 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
             )
             .await?;
         println!(
-            "channel {} rolled back: {current} -> {target} (move {version})",
+            "channel {} rolled back: {current} -> {target} (move {version}); {current} is rejected: promote refuses it",
             args.channel
         );
         Ok(())
