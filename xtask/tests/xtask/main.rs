@@ -6,6 +6,7 @@
 mod bake;
 mod bake_support;
 mod deploy;
+mod deploy_policy;
 mod fifth_role;
 mod health;
 mod no_build;
