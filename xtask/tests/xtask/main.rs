@@ -9,6 +9,7 @@ mod deploy;
 mod deploy_policy;
 mod fifth_role;
 mod health;
+mod instance_policies;
 mod no_build;
 mod prune;
 mod registry_support;
