@@ -26,4 +26,6 @@ mod terraform_volumes;
 mod tidy;
 mod up;
 mod verify;
+mod workflow_rehearsal;
+mod workflow_support;
 mod workflows;

@@ -388,3 +388,49 @@ fn the_runner_label_filter_matches_only_ubuntu_24_04() {
         "a mistyped label is still reported: {findings:#?}"
     );
 }
+
+/// The S3 state's lock (`use_lockfile`, which `deploy --backend-config` requires) exists from
+/// Terraform 1.10 on: terraform/versions.tf asks for at least that, and the README says so.
+#[test]
+fn terraform_is_required_at_the_version_the_s3_lock_needs() {
+    let versions = read(&root().join("terraform/versions.tf"));
+    assert!(
+        versions.contains("required_version = \">= 1.10\""),
+        "terraform/versions.tf: {versions}"
+    );
+    let readme = read(&root().join("README.md"));
+    assert!(
+        readme.contains("Terraform >= 1.10"),
+        "README.md's prerequisites"
+    );
+    assert!(
+        !readme.contains("Terraform >= 1.6"),
+        "README.md still names Terraform 1.6"
+    );
+}
+
+/// The toolchain is pinned to an exact release (the images' binaries are bake inputs: a
+/// floating toolchain rebakes every role on each Rust release), and every workflow installs
+/// exactly that one.
+#[test]
+fn the_toolchain_is_pinned_and_every_workflow_installs_the_pin() {
+    let pinned: toml::Value =
+        toml::from_str(&read(&root().join("rust-toolchain.toml"))).expect("rust-toolchain.toml");
+    let channel = pinned["toolchain"]["channel"].as_str().unwrap_or_default();
+    let parts: Vec<&str> = channel.split('.').collect();
+    assert!(
+        parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()),
+        "rust-toolchain.toml pins `{channel}`, not an exact release"
+    );
+    for name in ["ci.yml", "nightly-bake.yml"] {
+        let text = read(&workflow(name));
+        let installs: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- uses: dtolnay/rust-toolchain@"))
+            .collect();
+        assert!(!installs.is_empty(), "{name} installs no toolchain");
+        for version in installs {
+            assert_eq!(version, channel, "{name} installs Rust {version}");
+        }
+    }
+}
