@@ -8,8 +8,9 @@
 //!   the job's checkout; it adds `--smoke` to `bake` (moto cannot boot a builder), drops
 //!   `--via-ssm` (the Session Manager tunnels are another branch's), and makes `verify` check
 //!   its command line, then report the verdict the test chose (no stack answers here). Over
-//!   three nights: a release is baked, staged, destroyed and promoted; a new one replaces it;
-//!   a person rolls `stable` back, and the next night leaves it there.
+//!   four nights: a release is baked, staged, destroyed and promoted; a new one replaces it; a
+//!   night that bakes nothing stages the candidate from its own older revision; a person rolls
+//!   `stable` back, and the next night leaves it there.
 //! - `ci.yml` as a user with sudo, as GitHub's runners have: scripts/test.sh with stand-ins for
 //!   the toolchain (each checking the version asked for); its `cargo nextest run` records who
 //!   ran which tests, so the test checks that the tests needing root ran as root and the rest
@@ -582,7 +583,7 @@ fn logs(runs: &BTreeMap<String, JobRun>) -> String {
 }
 
 #[test]
-fn three_nights_bake_stage_and_promote_and_a_rollback_stays_rolled_back() {
+fn four_nights_bake_stage_and_promote_and_a_rollback_stays_rolled_back() {
     let world = World::new(&deploy_policy());
 
     // Night 1: the first bake is the first candidate; staged, verified, destroyed, promoted.
@@ -626,6 +627,31 @@ fn three_nights_bake_stage_and_promote_and_a_rollback_stays_rolled_back() {
     assert_ne!(second, first);
     assert_eq!(world.channel("stable"), Some(second.clone()));
 
+    // Night 3: only the README changed, so nothing is baked and the candidate is still the
+    // second release, made from the previous commit: staging runs that commit, not tonight's.
+    let readme = world.origin.join("README.md");
+    let mut text = read(&readme);
+    text.push_str("\n<!-- night 3 -->\n");
+    std::fs::write(&readme, text).unwrap();
+    world.user.own(&readme);
+    let baked_from = world.head();
+    git(&world.user, &world.origin, &["add", "-A"]);
+    commit(&world.user, &world.origin, "night 3: documentation only");
+    let runs = world.night(&nightly()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(results(&runs), all_passed, "{}", logs(&runs));
+    assert_eq!(runs["candidate"].outputs["release"], second);
+    assert_eq!(runs["candidate"].outputs["revision"], baked_from);
+    assert_ne!(baked_from, world.head());
+    let staged = git(
+        &world.user,
+        &world.dir.join("night-3/jobs/staging"),
+        &["rev-parse", "HEAD"],
+    );
+    assert_eq!(
+        staged, baked_from,
+        "staging deploys and verifies the release's own revision"
+    );
+
     // The second release misbehaves in production: a person rolls stable back.
     let rolled = world.xtask("bake", &["rollback", "--channel", "stable"]);
     assert!(
@@ -635,7 +661,7 @@ fn three_nights_bake_stage_and_promote_and_a_rollback_stays_rolled_back() {
     );
     assert_eq!(world.channel("stable"), Some(first.clone()));
 
-    // Night 3: nothing changed, so the candidate is still the rolled-back release. It is
+    // Night 4: nothing changed, so the candidate is still the rolled-back release. It is
     // neither staged nor promoted: the rollback holds.
     let runs = world.night(&nightly()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(runs["bake"].result, Outcome::Success, "{}", logs(&runs));

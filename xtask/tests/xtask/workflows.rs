@@ -434,3 +434,76 @@ fn the_toolchain_is_pinned_and_every_workflow_installs_the_pin() {
         }
     }
 }
+
+/// The rehearsal's expressions follow GitHub's rules where the workflows rely on them.
+#[test]
+fn the_rehearsals_expressions_follow_githubs_rules() {
+    use crate::workflow_support::expr::{condition, eval, interpolate, MapContext, Val};
+    let context = MapContext {
+        values: [
+            ("vars.SET".to_string(), Val::Str("x".into())),
+            ("vars.EMPTY".to_string(), Val::Str(String::new())),
+        ]
+        .into(),
+        succeeded: true,
+    };
+    let value = |e: &str| eval(e, &context).unwrap();
+    assert_eq!(
+        value("vars.UNSET || 'us-east-1'"),
+        Val::Str("us-east-1".into())
+    );
+    assert_eq!(value("vars.SET || 'us-east-1'"), Val::Str("x".into()));
+    // Unset and empty are both '' to a comparison (as numbers, both 0).
+    assert_eq!(value("vars.UNSET != ''"), Val::Bool(false));
+    assert_eq!(value("vars.EMPTY == ''"), Val::Bool(true));
+    assert_eq!(value("vars.SET != ''"), Val::Bool(true));
+    assert_eq!(
+        value("'ABC' == 'abc'"),
+        Val::Bool(true),
+        "strings ignore case"
+    );
+    assert_eq!(value("!vars.UNSET && 'b'"), Val::Str("b".into()));
+    assert_eq!(
+        interpolate("name-${{ vars.SET }}-${{ vars.UNSET }}", &context).unwrap(),
+        "name-x-"
+    );
+    // An `if:` without a status function means `success() && ...`.
+    let failed = MapContext {
+        values: context.values.clone(),
+        succeeded: false,
+    };
+    assert!(!condition("vars.SET != ''", &failed).unwrap());
+    assert!(condition("${{ always() && vars.SET != '' }}", &failed).unwrap());
+    assert!(condition("failure()", &failed).unwrap());
+    assert!(eval("vars.SET ==", &context).is_err());
+
+    let parsed = crate::workflow_support::parse_assignments(
+        "release=r1\nnotes<<EOF\nline one\nline two\nEOF\nempty=\n",
+    )
+    .unwrap();
+    assert_eq!(
+        parsed,
+        [
+            ("release".to_string(), "r1".to_string()),
+            ("notes".to_string(), "line one\nline two".to_string()),
+            ("empty".to_string(), String::new()),
+        ]
+    );
+    assert!(crate::workflow_support::parse_assignments("a<<EOF\nno end\n").is_err());
+}
+
+/// The move to `stable` waits for the `stable` environment's reviewers.
+#[test]
+fn the_promotion_to_stable_runs_in_the_stable_environment() {
+    let workflow: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&read(&workflow("nightly-bake.yml"))).unwrap();
+    let promoters = jobs_running(&workflow, "--to stable");
+    assert!(!promoters.is_empty(), "no job promotes to stable");
+    for job in promoters {
+        assert_eq!(
+            workflow["jobs"][job]["environment"].as_str(),
+            Some("stable"),
+            "job {job} moves stable without the stable environment's approval"
+        );
+    }
+}
