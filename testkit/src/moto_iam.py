@@ -29,12 +29,12 @@ import sys
 from xml.sax.saxutils import escape
 
 try:
+    # What moto's server loads anyway; the IAM and SSM modules are patched on first use, so the
+    # server answers as soon as a plain moto_server would.
     from moto import settings
     from moto.core.authorization import ActionAuthenticatorMixin
-    from moto.core.exceptions import AccessDeniedError, JsonRESTError, _RESTError
-    from moto.iam import access_control
+    from moto.core.responses import BaseResponse
     from moto.server import main
-    from moto.ssm.responses import SimpleSystemManagerResponse
 except ImportError as error:
     sys.exit(f"moto is not installed for {sys.executable} ({error}): pip install 'moto[server]'")
 
@@ -65,59 +65,66 @@ def principal(request):
     return getattr(key, "_owner_user_name", None) or getattr(key, "_owner_role_name", "?")
 
 
-class UnauthorizedOperation(_RESTError):
-    """EC2's refusal, in EC2's own error document (the SDKs parse no other for EC2)."""
-
-    code = 403
-
-    def __init__(self, message):
-        super().__init__("UnauthorizedOperation", message)
-        self.description = (
-            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
-            f"<Code>UnauthorizedOperation</Code><Message>{escape(message)}</Message>"
-            "</Error></Errors><RequestID>moto-iam</RequestID></Response>"
-        )
+PATCHED = False
 
 
-class AccessDeniedException(JsonRESTError):
-    """A JSON service's refusal. The services model the member as `Message` (the SDKs read
-    the modelled exception by it), moto writes `message`: both are sent."""
+def patch_access_control():
+    """moto's IAM check, logged and worded as AWS words it; the key checked, not the signature."""
+    global PATCHED, access_control, JsonRESTError
+    if PATCHED:
+        return
+    from moto.core.exceptions import AccessDeniedError, JsonRESTError, _RESTError
+    from moto.iam import access_control
 
-    def __init__(self, message):
-        super().__init__("AccessDeniedException", message)
-        self.description = json.dumps(
-            {"__type": "AccessDeniedException", "message": message, "Message": message}
-        )
+    class UnauthorizedOperation(_RESTError):
+        """EC2's refusal, in EC2's own error document (the SDKs parse no other for EC2)."""
 
+        code = 403
 
-_check = access_control.IAMRequest.check_action_permitted
+        def __init__(self, message):
+            super().__init__("UnauthorizedOperation", message)
+            self.description = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+                f"<Code>UnauthorizedOperation</Code><Message>{escape(message)}</Message>"
+                "</Error></Errors><RequestID>moto-iam</RequestID></Response>"
+            )
 
+    class AccessDeniedException(JsonRESTError):
+        """A JSON service's refusal. The services model the member as `Message` (the SDKs read
+        the modelled exception by it), moto writes `message`: both are sent."""
 
-def check_and_log(self, resource):
-    """moto's check, logged, with AWS's wording (action and resource) when refused."""
-    entry = {"user": principal(self), "action": self._action, "resource": resource}
-    try:
-        _check(self, resource)
-    except AccessDeniedError:
-        log({**entry, "allowed": False})
-        reason = (
-            f"{self._action} on resource: {resource} because no identity-based "
-            f"policy allows the {self._action} action"
-        )
-        message = f"User: {self._access_key.arn} is not authorized to perform: {reason}"
-        if self._service == "ec2":
-            raise UnauthorizedOperation(
-                f"You are not authorized to perform this operation. {message}"
-            ) from None
-        if self._service in JSON_SERVICES:
-            raise AccessDeniedException(message) from None
-        raise AccessDeniedError(user_arn=self._access_key.arn, action=reason) from None
-    log({**entry, "allowed": True})
+        def __init__(self, message):
+            super().__init__("AccessDeniedException", message)
+            self.description = json.dumps(
+                {"__type": "AccessDeniedException", "message": message, "Message": message}
+            )
 
+    check = access_control.IAMRequest.check_action_permitted
 
-access_control.IAMRequest.check_action_permitted = check_and_log
-# See the module's docstring: the key is checked when the request is built, not the signature.
-access_control.IAMRequest.check_signature = lambda self: None
+    def check_and_log(self, resource):
+        entry = {"user": principal(self), "action": self._action, "resource": resource}
+        try:
+            check(self, resource)
+        except AccessDeniedError:
+            log({**entry, "allowed": False})
+            reason = (
+                f"{self._action} on resource: {resource} because no identity-based "
+                f"policy allows the {self._action} action"
+            )
+            message = f"User: {self._access_key.arn} is not authorized to perform: {reason}"
+            if self._service == "ec2":
+                raise UnauthorizedOperation(
+                    f"You are not authorized to perform this operation. {message}"
+                ) from None
+            if self._service in JSON_SERVICES:
+                raise AccessDeniedException(message) from None
+            raise AccessDeniedError(user_arn=self._access_key.arn, action=reason) from None
+        log({**entry, "allowed": True})
+
+    access_control.IAMRequest.check_action_permitted = check_and_log
+    # See the module's docstring: the key is checked when the request is built, not the signature.
+    access_control.IAMRequest.check_signature = lambda self: None
+    PATCHED = True
 
 
 def parameter_arn(response, name):
@@ -170,7 +177,18 @@ def authorize_ssm(self, resource="*"):
             raise
 
 
-SimpleSystemManagerResponse._authenticate_and_authorize_normal_action = authorize_ssm
+_authorize = BaseResponse._authenticate_and_authorize_normal_action
+
+
+def authorize(self, resource="*"):
+    """Every service's check, with the patches above; SSM's by the parameters it names."""
+    patch_access_control()
+    if getattr(self, "service_name", None) == "ssm":
+        return authorize_ssm(self, resource)
+    return _authorize(self, resource)
+
+
+BaseResponse._authenticate_and_authorize_normal_action = authorize
 
 if __name__ == "__main__":
     main(sys.argv[1:])

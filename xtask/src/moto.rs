@@ -10,6 +10,10 @@ use anyhow::Context;
 /// moto's built-in Canonical images (Ubuntu 16.04), standing in for the real base image.
 pub const BASE_AMI_NAME: &str = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*";
 
+/// How long moto may take to answer: about two seconds on an idle machine, many times that
+/// while a whole test suite starts servers at once.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(90);
+
 /// A running `moto_server`, stopped when dropped.
 pub struct Moto {
     child: Child,
@@ -51,7 +55,7 @@ impl Moto {
             .timeout(Duration::from_secs(2))
             .build()
             .context("cannot build an HTTP client")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + STARTUP_DEADLINE;
         // moto's own dashboard endpoint answers once the server is up.
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
             || client
@@ -64,7 +68,8 @@ impl Moto {
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "moto_server did not answer on {addr} within 30 s"
+                "moto_server did not answer on {addr} within {} s",
+                STARTUP_DEADLINE.as_secs()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
