@@ -41,6 +41,32 @@ phase() {
   return "$status"
 }
 
+# rust-toolchain.toml pins the toolchain by version. A machine whose only toolchain is that
+# version under the name `stable` (as these are: nothing else can be fetched) gets the
+# pinned name linked to it, so cargo does not try to download what is already here.
+pin_toolchain() {
+  local pinned
+  pinned=$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)
+  command -v rustup >/dev/null || return 0
+  if RUSTUP_TOOLCHAIN=stable rustup toolchain list | grep -q "^$pinned-"; then
+    return 0
+  fi
+  local stable
+  stable=$(RUSTUP_TOOLCHAIN=stable rustc --version | cut -d' ' -f2)
+  if [ "$stable" = "$pinned" ]; then
+    # `rustup toolchain link` refuses an official name; a toolchain is a directory, and
+    # rustup finds one under its name.
+    local home
+    home=$(dirname "$(dirname "$(RUSTUP_TOOLCHAIN=stable rustup which rustc)")")
+    local link
+    link="$(dirname "$home")/$pinned-$(basename "$home" | sed 's/^stable-//')"
+    step "ln -s $home $link    # stable is $stable"
+    ln -s "$home" "$link"
+  else
+    echo "note: rust-toolchain.toml pins $pinned, the stable toolchain here is $stable: rustup installs $pinned" >&2
+  fi
+}
+
 install_tools() {
   # --- Debian packages: promtool/prometheus, amtool/alertmanager, shellcheck, packer, wrk ----
   apt_packages=()
@@ -122,6 +148,7 @@ install_tools() {
 
 # Not through `phase`: a function run as `f || ...` would ignore `set -e` inside it.
 install_started=$SECONDS
+pin_toolchain
 install_tools
 phases+=("install=$((SECONDS - install_started))")
 
