@@ -14,8 +14,10 @@ step() { printf '\n==> %s\n' "$*"; }
 
 # Each phase's wall time, NAME=SECONDS, for the report at the end.
 phases=()
+# nextest's reports: the tests run as this user, and those run as root (profile ci-root).
 junit=target/nextest/ci/junit.xml
-rm -f "$junit"
+junit_root=target/nextest/ci-root/junit.xml
+rm -f "$junit" "$junit_root"
 
 # On exit, whatever ended the run: the phase table, the slowest tests, the failed ones last.
 # shellcheck disable=SC2317  # run by the EXIT trap
@@ -23,7 +25,8 @@ report() {
   local status=$?
   trap - EXIT
   if [ "${#phases[@]}" -gt 0 ]; then
-    python3 scripts/test_report.py --junit "$junit" --floor scripts/test-count-floor "${phases[@]}" || status=1
+    python3 scripts/test_report.py --junit "$junit" --junit "$junit_root" \
+      --floor scripts/test-count-floor "${phases[@]}" || status=1
   fi
   exit "$status"
 }
@@ -36,6 +39,32 @@ phase() {
   "$@" || status=$?
   phases+=("$name=$((SECONDS - started))")
   return "$status"
+}
+
+# rust-toolchain.toml pins the toolchain by version. A machine whose only toolchain is that
+# version under the name `stable` (as these are: nothing else can be fetched) gets the
+# pinned name linked to it, so cargo does not try to download what is already here.
+pin_toolchain() {
+  local pinned
+  pinned=$(sed -n 's/^channel = "\(.*\)"$/\1/p' rust-toolchain.toml)
+  command -v rustup >/dev/null || return 0
+  if RUSTUP_TOOLCHAIN=stable rustup toolchain list | grep -q "^$pinned-"; then
+    return 0
+  fi
+  local stable
+  stable=$(RUSTUP_TOOLCHAIN=stable rustc --version | cut -d' ' -f2)
+  if [ "$stable" = "$pinned" ]; then
+    # `rustup toolchain link` refuses an official name; a toolchain is a directory, and
+    # rustup finds one under its name.
+    local home
+    home=$(dirname "$(dirname "$(RUSTUP_TOOLCHAIN=stable rustup which rustc)")")
+    local link
+    link="$(dirname "$home")/$pinned-$(basename "$home" | sed 's/^stable-//')"
+    step "ln -s $home $link    # stable is $stable"
+    ln -s "$home" "$link"
+  else
+    echo "note: rust-toolchain.toml pins $pinned, the stable toolchain here is $stable: rustup installs $pinned" >&2
+  fi
 }
 
 install_tools() {
@@ -59,6 +88,11 @@ install_tools() {
   command -v mkfs.xfs  >/dev/null || apt_packages+=(xfsprogs)
   command -v sfdisk    >/dev/null || apt_packages+=(fdisk)
   command -v losetup   >/dev/null || apt_packages+=(mount)
+  # The workflow rehearsal (xtask/tests/xtask/workflow_rehearsal.rs) runs ci.yml's job as a user
+  # with sudo, as GitHub's runners do; useradd and setpriv make that user and run as it.
+  command -v sudo      >/dev/null || apt_packages+=(sudo)
+  command -v useradd   >/dev/null || apt_packages+=(passwd)
+  command -v setpriv   >/dev/null || apt_packages+=(util-linux)
   if [ "${#apt_packages[@]}" -gt 0 ]; then
     step "apt-get install ${apt_packages[*]}"
     as_root apt-get update -qq
@@ -101,7 +135,7 @@ install_tools() {
 
   # --- Terraform: the tests need only `terraform fmt` and `terraform console`, both offline --
   command -v terraform >/dev/null || {
-    echo "error: terraform is not on PATH; install Terraform >= 1.6 (HashiCorp's apt repository or release zip)" >&2
+    echo "error: terraform is not on PATH; install Terraform >= 1.10 (HashiCorp's apt repository or release zip)" >&2
     exit 1
   }
 
@@ -114,6 +148,7 @@ install_tools() {
 
 # Not through `phase`: a function run as `f || ...` would ignore `set -e` inside it.
 install_started=$SECONDS
+pin_toolchain
 install_tools
 phases+=("install=$((SECONDS - install_started))")
 
@@ -150,10 +185,28 @@ rm -rf "$probe_dir"
 step "cargo nextest run --no-run: build every test binary, clippy denying warnings"
 phase "build + clippy" cargo nextest run --workspace --all-targets --profile ci --no-run
 
-step "cargo nextest run --profile ci"
+# The tests that need root (loop devices, chroots, system users) are the test groups named
+# root-* in .config/nextest.toml. As root, one run; as another user (GitHub's runners run jobs
+# as `runner`, with password-less sudo), everything else as this user, then those under sudo
+# with this user's toolchain and settings, and the files they wrote under target/ handed back.
+root_tests='group(/^root-/)'
 # The last lines of a failing run name the failed tests (scripts/test_report.py, on exit).
 tests_status=0
-phase tests cargo nextest run --workspace --all-targets --profile ci --no-fail-fast || tests_status=$?
+if [ "$(id -u)" -eq 0 ]; then
+  step "cargo nextest run --profile ci"
+  phase tests cargo nextest run --workspace --all-targets --profile ci --no-fail-fast || tests_status=$?
+else
+  step "cargo nextest run --profile ci (all but the tests that need root)"
+  phase tests cargo nextest run --workspace --all-targets --profile ci --no-fail-fast \
+    -E "not $root_tests" || tests_status=$?
+  step "sudo cargo nextest run --profile ci-root (the tests that need root)"
+  phase "tests as root" as_root env "PATH=$PATH" "HOME=$HOME" \
+    "CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}" "RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}" \
+    "RUSTC_WORKSPACE_WRAPPER=$RUSTC_WORKSPACE_WRAPPER" "CLIPPY_ARGS=$CLIPPY_ARGS" "CI=${CI:-}" \
+    cargo nextest run --workspace --all-targets --profile ci-root --no-fail-fast \
+    -E "$root_tests" || tests_status=$?
+  as_root chown -R "$(id -u):$(id -g)" target
+fi
 
 step "cargo test --doc (nextest does not run doc tests)"
 phase "doc tests" cargo test --workspace --doc --quiet

@@ -35,7 +35,12 @@ def read_junit(path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("phases", nargs="*", help="NAME=SECONDS, in the order they ran")
-    parser.add_argument("--junit", help="nextest's JUnit report")
+    parser.add_argument(
+        "--junit",
+        action="append",
+        default=[],
+        help="a nextest JUnit report (repeatable: the run as this user, the run as root)",
+    )
     parser.add_argument("--floor", help="a file holding the lowest acceptable test count")
     args = parser.parse_args()
 
@@ -52,10 +57,11 @@ def main():
     print(f"  {'total':<{width}}  {duration(sum(s for _, s in rows))}")
 
     status = 0
-    if not args.junit or not os.path.isfile(args.junit):
+    reports = [path for path in args.junit if os.path.isfile(path)]
+    if not reports:
         print("\nno test report (the tests did not run)")
         return 1 if args.junit else 0
-    cases = read_junit(args.junit)
+    cases = [case for path in reports for case in read_junit(path)]
     failed = [name for name, _, is_failed in cases if is_failed]
     floor = None
     if args.floor and os.path.isfile(args.floor):

@@ -1,7 +1,8 @@
-//! A stand-in for `terraform` on `PATH`, for the deploy, destroy and restore tests: it records
-//! every call (and the variable files it is given), answers `init`, `output -json` and
-//! `state list` (from fixtures the test writes) and `plan` ("changes present"), accepts
-//! `apply` only when the test allows it (changing nothing), and refuses anything else.
+//! A stand-in for `terraform` on `PATH`, for the deploy, destroy and restore tests and the
+//! workflow rehearsal: it records every call (and the variable files it is given), answers
+//! `init`, `output -json` and `state list` (from fixtures the test writes) and `plan`
+//! ("changes present"), accepts `apply` and `destroy` only when the test allows it
+//! ([`FakeTerraform::allow_apply`]; they change nothing), and refuses anything else.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ case " $* " in
   *" output "*) cat "$FAKE_TF_OUTPUTS"; exit 0 ;;
   *" state list "*) cat "$FAKE_TF_STATE"; exit 0 ;;
   *" plan "*) exit 2 ;;
-  *" apply "*) if [ -n "${FAKE_TF_APPLY:-}" ]; then exit 0; fi ;;
+  *" apply "*|*" destroy "*) if [ -e "$FAKE_TF_ALLOW_APPLY" ]; then exit 0; fi ;;
 esac
 echo "unexpected terraform call: $*" >&2
 exit 1
@@ -30,7 +31,8 @@ pub struct FakeTerraform {
     log: PathBuf,
     outputs: PathBuf,
     state: PathBuf,
-    apply: bool,
+    /// Exists when `apply` and `destroy` may succeed.
+    allow_apply: PathBuf,
 }
 
 impl FakeTerraform {
@@ -65,7 +67,7 @@ impl FakeTerraform {
             log: dir.join("fake-terraform.log"),
             outputs: outputs_path,
             state,
-            apply: false,
+            allow_apply: dir.join("fake-terraform-may-apply"),
         }
     }
 
@@ -83,15 +85,34 @@ impl FakeTerraform {
 
     /// What `terraform state list` prints: one resource address a line.
     pub fn with_state(self, addresses: &[&str]) -> FakeTerraform {
-        let text: String = addresses.iter().map(|a| format!("{a}\n")).collect();
-        std::fs::write(&self.state, text).expect("write the state fixture");
+        self.set_state(addresses);
         self
     }
 
-    /// Lets `apply` succeed (it changes nothing; the calls are recorded).
-    pub fn allowing_apply(mut self) -> FakeTerraform {
-        self.apply = true;
+    /// [`FakeTerraform::with_state`] for a stand-in already handed out.
+    pub fn set_state(&self, addresses: &[&str]) {
+        let text: String = addresses.iter().map(|a| format!("{a}\n")).collect();
+        std::fs::write(&self.state, text).expect("write the state fixture");
+    }
+
+    /// Lets `apply` and `destroy` succeed (they change nothing; the calls are recorded).
+    pub fn allowing_apply(self) -> FakeTerraform {
+        self.allow_apply();
         self
+    }
+
+    /// [`FakeTerraform::allowing_apply`] from now on, for a stand-in already handed out.
+    pub fn allow_apply(&self) {
+        std::fs::write(&self.allow_apply, "").expect("allow the stand-in to apply");
+    }
+
+    /// Adds (or replaces) the output `name` with `value`, e.g. `grafana_admin_password_parameter`.
+    pub fn set_output(&self, name: &str, value: serde_json::Value) {
+        let text = std::fs::read_to_string(&self.outputs).expect("read the outputs fixture");
+        let mut outputs: serde_json::Value =
+            serde_json::from_str(&text).expect("the outputs fixture is JSON");
+        outputs[name] = serde_json::json!({"sensitive": false, "value": value});
+        std::fs::write(&self.outputs, outputs.to_string()).expect("write the outputs fixture");
     }
 
     /// Installs the stand-in under `dir`, answering `output -json` with exactly `outputs`
@@ -107,15 +128,25 @@ impl FakeTerraform {
         &self.bin
     }
 
+    /// The environment [`FakeTerraform::apply_env`] sets besides `PATH`, for a runner that
+    /// builds its own environment.
+    pub fn env(&self) -> Vec<(&'static str, PathBuf)> {
+        vec![
+            ("FAKE_TF_LOG", self.log.clone()),
+            ("FAKE_TF_OUTPUTS", self.outputs.clone()),
+            ("FAKE_TF_STATE", self.state.clone()),
+            ("FAKE_TF_ALLOW_APPLY", self.allow_apply.clone()),
+        ]
+    }
+
     /// Puts the stand-in first on `command`'s `PATH`.
     pub fn apply_env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
         let path = std::env::var("PATH").unwrap_or_default();
+        command.env("PATH", format!("{}:{path}", self.bin.display()));
+        for (name, value) in self.env() {
+            command.env(name, value);
+        }
         command
-            .env("PATH", format!("{}:{path}", self.bin.display()))
-            .env("FAKE_TF_LOG", &self.log)
-            .env("FAKE_TF_OUTPUTS", &self.outputs)
-            .env("FAKE_TF_STATE", &self.state)
-            .env("FAKE_TF_APPLY", if self.apply { "1" } else { "" })
     }
 
     /// The `terraform` command lines of every call, without the variable files' contents.

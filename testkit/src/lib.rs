@@ -7,6 +7,7 @@
 pub mod fake_ssm;
 pub mod fake_terraform;
 pub mod http;
+pub mod iam;
 pub mod services;
 
 pub use fake_ssm::FakeSsm;
@@ -64,39 +65,143 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
 /// A moto server (a real EC2/SSM API implementation) on a free loopback port: xtask's
 /// launcher, failing the test when it cannot start. It is killed when dropped, so every
 /// test gets a fresh, empty AWS.
-pub struct Moto(xtask::moto::Moto);
+pub struct Moto {
+    server: xtask::moto::Moto,
+    /// With [`Moto::start_enforcing`]: the users' keys, and the decision log with its directory.
+    iam: Option<Iam>,
+}
+
+struct Iam {
+    keys: std::collections::BTreeMap<String, iam::Keys>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl Moto {
-    /// Starts `moto_server` and waits until it answers HTTP.
+    /// Starts `moto_server` and waits until it answers HTTP. Any credentials are accepted.
     pub fn start() -> Moto {
-        match xtask::moto::Moto::start() {
-            Ok(moto) => Moto(moto),
-            Err(error) => panic!(
-                "{}; run the README's test command (scripts/test.sh) once to install every \
-                 test dependency",
-                xtask::report::one_line(&error)
-            ),
+        Moto {
+            server: started(xtask::moto::Moto::start()),
+            iam: None,
+        }
+    }
+
+    /// Starts moto enforcing IAM (see [`iam`]): each `(name, policy document)` becomes a
+    /// user holding exactly that policy, with its own keys ([`Moto::user_env`]); every call
+    /// is then allowed or refused by the policies of the user who signed it, SSM calls by
+    /// the parameters they name, as in AWS. [`Moto::env`] hands out [`iam::ADMIN`]'s keys.
+    pub fn start_enforcing(users: &[(&str, &str)]) -> Moto {
+        let python = require_tool("python3");
+        let dir = tempfile::tempdir().expect("a temporary directory for moto's launcher");
+        let launcher = dir.path().join("moto_iam.py");
+        std::fs::write(&launcher, iam::LAUNCHER).expect("write moto's launcher");
+        let log = dir.path().join("decisions.jsonl");
+        let server = started(xtask::moto::Moto::start_with(|port| {
+            let mut command = Command::new(&python);
+            command
+                .arg(&launcher)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .env(
+                    "INITIAL_NO_AUTH_ACTION_COUNT",
+                    iam::setup_calls(users.len()).to_string(),
+                )
+                .env("OBSTACK_MOTO_IAM_LOG", &log);
+            Ok(command)
+        }));
+        let keys = iam::create_users(&server.endpoint(), users);
+        Moto {
+            server,
+            iam: Some(Iam {
+                keys,
+                log,
+                _dir: dir,
+            }),
         }
     }
 
     pub fn port(&self) -> u16 {
-        self.0.port()
+        self.server.port()
     }
 
     /// The endpoint URL, e.g. `http://127.0.0.1:41234`.
     pub fn endpoint(&self) -> String {
-        self.0.endpoint()
+        self.server.endpoint()
     }
 
-    /// Environment that points the AWS SDKs, the AWS CLI and Packer at this server.
+    /// Environment that points the AWS SDKs, the AWS CLI and Packer at this server, with
+    /// credentials that may do anything (the admin's, when IAM is enforced).
     pub fn env(&self) -> Vec<(&'static str, String)> {
-        self.0.env()
+        match &self.iam {
+            Some(_) => self.user_env(iam::ADMIN),
+            None => self.server.env(),
+        }
+    }
+
+    /// [`Moto::env`] with the keys of `user` (of [`Moto::start_enforcing`]).
+    pub fn user_env(&self, user: &str) -> Vec<(&'static str, String)> {
+        let keys = self.keys(user);
+        self.server
+            .env()
+            .into_iter()
+            .map(|(name, value)| match name {
+                "AWS_ACCESS_KEY_ID" => (name, keys.access_key_id.clone()),
+                "AWS_SECRET_ACCESS_KEY" => (name, keys.secret_access_key.clone()),
+                _ => (name, value),
+            })
+            .collect()
+    }
+
+    /// The keys of `user` (of [`Moto::start_enforcing`]).
+    pub fn keys(&self, user: &str) -> iam::Keys {
+        let iam = self
+            .iam
+            .as_ref()
+            .expect("moto was started without IAM: use Moto::start_enforcing");
+        iam.keys
+            .get(user)
+            .unwrap_or_else(|| panic!("no moto user {user}"))
+            .clone()
+    }
+
+    /// Every authorization decision moto made so far (IAM enforced only), oldest first.
+    pub fn decisions(&self) -> Vec<iam::Decision> {
+        self.iam
+            .as_ref()
+            .map(|iam| iam::read_decisions(&iam.log))
+            .unwrap_or_default()
     }
 
     /// Applies [`Moto::env`] to a command.
     pub fn apply_env<'a>(&self, command: &'a mut Command) -> &'a mut Command {
-        self.0.apply_env(command)
+        apply(command, self.env())
     }
+
+    /// Applies [`Moto::user_env`] to a command.
+    pub fn apply_user_env<'a>(&self, command: &'a mut Command, user: &str) -> &'a mut Command {
+        apply(command, self.user_env(user))
+    }
+}
+
+fn started(result: anyhow::Result<xtask::moto::Moto>) -> xtask::moto::Moto {
+    result.unwrap_or_else(|error| {
+        panic!(
+            "{}; run the README's test command (scripts/test.sh) once to install every \
+             test dependency",
+            xtask::report::one_line(&error)
+        )
+    })
+}
+
+/// Sets `env` on `command`; an empty value removes the variable.
+fn apply<'a>(command: &'a mut Command, env: Vec<(&'static str, String)>) -> &'a mut Command {
+    for (key, value) in env {
+        if value.is_empty() {
+            command.env_remove(key);
+        } else {
+            command.env(key, value);
+        }
+    }
+    command
 }
 
 /// The workspace root (testkit lives one level below it).

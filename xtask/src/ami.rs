@@ -20,6 +20,14 @@ pub const TAG_GIT_REVISION: &str = "obstack:git-revision";
 /// so a later `bake --dry-run` can say *which* inputs changed. See [`crate::hash::InputDigests`].
 pub const TAG_INPUT_DIGESTS: &str = "obstack:input-digests";
 
+/// `ami-` and 8 or 17 hex digits, as EC2 names images (checked in `--ami` flags and in
+/// release records).
+pub fn is_ami_id(id: &str) -> bool {
+    id.strip_prefix("ami-").is_some_and(|hex| {
+        matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit())
+    })
+}
+
 /// One baked image of this project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Ami {

@@ -15,7 +15,6 @@ pub mod artifacts;
 pub mod base;
 mod bench;
 mod build;
-pub mod inputs;
 mod interrupt;
 pub mod plan;
 mod record;

@@ -441,7 +441,7 @@ pub struct ReleasesArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask promote candidate --to stable\n  cargo xtask promote 20261203-034012-1a2b3c4 --to stable"
+    after_help = "Examples:\n  cargo xtask promote candidate --to stable\n  cargo xtask promote 20261203-034012-1a2b3c4 --to stable\n  cargo xtask promote 20261203-034012-1a2b3c4 --to stable --force   # even though it was rolled back"
 )]
 pub struct PromoteArgs {
     /// A release id, or a channel whose current release is promoted.
@@ -450,6 +450,9 @@ pub struct PromoteArgs {
     /// The channel to point at it.
     #[arg(long, value_name = "CHANNEL")]
     pub to: String,
+    /// Promote a release even though it was rejected (a rollback moved a channel away from it).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -459,7 +462,8 @@ pub struct PromoteArgs {
     after_help = "Examples:\n  cargo xtask rollback --channel stable\n  cargo xtask deploy --channel stable   # then roll the stack back to it"
 )]
 pub struct RollbackArgs {
-    /// The channel to move back.
+    /// The channel to move back. The release it leaves is marked rejected: `promote` refuses
+    /// it (unless --force), so a nightly pipeline cannot put it back.
     #[arg(long, value_name = "NAME")]
     pub channel: String,
     #[command(flatten)]

@@ -9,7 +9,6 @@ pub mod destroy;
 pub mod health;
 mod password;
 pub mod rollout;
-pub mod select;
 pub mod terraform;
 pub mod tfvars;
 
@@ -26,10 +25,10 @@ use crate::cli::{DeployArgs, StatusArgs};
 use crate::cmd::Cmd;
 use crate::project;
 use crate::roles::Registry;
+use crate::select::{self, Selected};
 use crate::tunnel::reach::{self, Reached, Route};
 use crate::tunnel::Tools;
 use health::{BasicAuth, Checker, StackEndpoints, WaitOptions};
-use select::Selected;
 use terraform::{Outputs, PlanResult, Terraform};
 use tfvars::GeneratedVars;
 
@@ -57,25 +56,20 @@ pub(crate) fn generated_vars_path() -> PathBuf {
 pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
     let registry = Registry::load_default()?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let (explicit, release) = match (&args.channel, &args.release) {
-        (Some(channel), _) => {
-            let (id, amis) = runtime.block_on(crate::release::channel_amis(
-                args.region.as_deref(),
-                &args.stack,
-                channel,
-            ))?;
-            (amis, Some(format!("channel {channel} ({id})")))
-        }
-        (None, Some(id)) => {
-            let amis = runtime.block_on(crate::release::release_amis(
-                args.region.as_deref(),
-                &args.stack,
-                id,
-            ))?;
-            (amis, Some(format!("release {id}")))
-        }
-        (None, None) => (select::parse_explicit(&registry, &args.ami)?, None),
+    let request = match (&args.channel, &args.release) {
+        (Some(channel), _) => select::Request::Channel(channel),
+        (None, Some(id)) => select::Request::Release(id),
+        (None, None) => select::Request::Flags {
+            latest: args.latest,
+            ami: &args.ami,
+        },
     };
+    let pinned = runtime.block_on(select::pin(
+        &registry,
+        args.region.as_deref(),
+        &args.stack,
+        request,
+    ))?;
     let user_vars = user_var_files(args.var_file.as_deref())?;
     let backend_config = backend::check_config(args.backend_config.as_deref())?;
     // Fail on a missing Terraform before the (slow) hash computation.
@@ -89,13 +83,7 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
         ),
     }
 
-    let (region, mut selected) =
-        runtime.block_on(choose_amis(args.region.as_deref(), args.latest, &explicit))?;
-    if let Some(release) = release {
-        for choice in &mut selected {
-            choice.reason.clone_from(&release);
-        }
-    }
+    let (region, selected) = runtime.block_on(select::choose(args.region.as_deref(), &pinned))?;
     print_selection(&region, &selected);
     let target: BTreeMap<String, String> = selected
         .iter()
@@ -116,7 +104,12 @@ pub fn run_deploy(args: DeployArgs) -> anyhow::Result<()> {
 
     let outputs = terraform.outputs()?;
     let current = runtime.block_on(running_amis(&region, &outputs))?;
-    let steps = rollout::plan(&rollout::ORDER, &current, &target, args.all_at_once)?;
+    let steps = rollout::plan(
+        &registry.rollout_order(),
+        &current,
+        &target,
+        args.all_at_once,
+    )?;
     print_rollout(&registry, &steps);
 
     let plan_path = deploy_dir().join("obstack.tfplan");
@@ -407,37 +400,6 @@ pub(crate) fn confirm(question: &str) -> anyhow::Result<()> {
         "y" | "yes" => Ok(()),
         _ => bail!("aborted: nothing was changed"),
     }
-}
-
-/// The AMI of every role: the `--ami` choices, then the newest (`latest`) or the one baked from
-/// this checkout's inputs for the rest; also returns the region. Shared with `release create`.
-pub async fn choose_amis(
-    region: Option<&str>,
-    latest: bool,
-    explicit: &std::collections::BTreeMap<String, String>,
-) -> anyhow::Result<(String, Vec<Selected>)> {
-    let client = ami::ec2_client(region).await?;
-    let region = client
-        .config()
-        .region()
-        .map(|r| r.to_string())
-        .context("no AWS region configured: pass --region, or set AWS_REGION")?;
-    let registry = Registry::load_default()?;
-    let remaining = select::remaining_roles(&registry, explicit);
-    let mut chosen = select::explicit(explicit);
-    if !remaining.is_empty() {
-        if latest {
-            chosen.extend(select::latest(&client, &remaining).await?);
-        } else {
-            eprintln!("computing this checkout's input hashes (builds the release binaries)...");
-            let hashes =
-                crate::bake::inputs::checkout_hashes(&client, &registry, &remaining).await?;
-            chosen.extend(select::by_hash(&client, &hashes).await?);
-        }
-    }
-    let order = registry.names();
-    chosen.sort_by_key(|s| order.iter().position(|r| *r == s.role));
-    Ok((region, chosen))
 }
 
 fn print_selection(region: &str, selected: &[Selected]) {

@@ -2,9 +2,10 @@
 //! command's `run`; tests and `testkit` use the same public API.
 //!
 //! One module per command (`bake`, `deploy`, `restore`, `images`, `prune`, `pin`, `up`,
-//! `bench`, `open`), the role registry (`roles`), wrappers for AWS (`ami`), Packer
-//! (`packer`), processes (`cmd`) and Session Manager tunnels (`tunnel`), and small shared
-//! helpers (`table`, `atomic`, `report`, `moto`, `slack`).
+//! `bench`, `open`), the role registry (`roles`), the choice of AMIs to launch (`select`),
+//! wrappers for AWS (`ami`), Packer (`packer`), processes (`cmd`) and Session Manager
+//! tunnels (`tunnel`), and small shared helpers (`table`, `atomic`, `report`, `moto`,
+//! `slack`).
 
 pub mod ami;
 pub mod atomic;
@@ -27,6 +28,7 @@ pub mod release;
 pub mod report;
 pub mod restore;
 pub mod roles;
+pub mod select;
 pub mod slack;
 pub mod snapshots;
 pub mod table;

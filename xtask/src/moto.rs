@@ -10,6 +10,10 @@ use anyhow::Context;
 /// moto's built-in Canonical images (Ubuntu 16.04), standing in for the real base image.
 pub const BASE_AMI_NAME: &str = "ubuntu/images/hvm-ssd/ubuntu-xenial-16.04-amd64-server-*";
 
+/// How long moto may take to answer: about two seconds on an idle machine, many times that
+/// while a whole test suite starts servers at once.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(90);
+
 /// A running `moto_server`, stopped when dropped.
 pub struct Moto {
     child: Child,
@@ -23,24 +27,35 @@ impl Moto {
             "moto_server",
             "install it with `pip install 'moto[server]'`",
         )?;
+        Moto::start_with(|port| {
+            let mut command = Command::new(&program);
+            command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            Ok(command)
+        })
+    }
+
+    /// Starts the server `command(port)` describes (moto_server, or a launcher that sets it
+    /// up first) on a free loopback port and waits until it answers.
+    pub fn start_with(
+        command: impl FnOnce(u16) -> anyhow::Result<Command>,
+    ) -> anyhow::Result<Moto> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .context("cannot find a free loopback port")?
             .port();
-        let child = Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let child = command(port)?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start moto_server")?;
-        let moto = Moto { child, port };
+        let mut moto = Moto { child, port };
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
             .context("cannot build an HTTP client")?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + STARTUP_DEADLINE;
         // moto's own dashboard endpoint answers once the server is up.
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
             || client
@@ -48,9 +63,13 @@ impl Moto {
                 .send()
                 .is_err()
         {
+            if let Ok(Some(status)) = moto.child.try_wait() {
+                anyhow::bail!("moto_server exited before it answered ({status})");
+            }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "moto_server did not answer on {addr} within 30 s"
+                "moto_server did not answer on {addr} within {} s",
+                STARTUP_DEADLINE.as_secs()
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -3,8 +3,12 @@
 use std::path::{Path, PathBuf};
 
 /// The workspace root, resolved from this crate's manifest so `cargo xtask` works from
-/// any directory inside the checkout.
+/// any directory inside the checkout. `OBSTACK_PROJECT_ROOT` names another copy of the
+/// checkout (the workflow rehearsal runs the suite's xtask binary on one).
 pub fn root() -> PathBuf {
+    if let Some(root) = std::env::var_os("OBSTACK_PROJECT_ROOT").filter(|r| !r.is_empty()) {
+        return PathBuf::from(root);
+    }
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
         .parent()

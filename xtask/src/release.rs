@@ -7,7 +7,7 @@ pub mod history;
 pub mod record;
 pub mod store;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use anyhow::{bail, Context};
@@ -15,8 +15,8 @@ use serde::Serialize;
 
 use crate::ami;
 use crate::cli::{PromoteArgs, ReleaseCreateArgs, ReleasesArgs, RollbackArgs};
-use crate::deploy::select;
 use crate::roles::Registry;
+use crate::select::{self, usable_release};
 use record::{Release, RoleImage};
 use store::Store;
 
@@ -27,14 +27,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run_create(args: ReleaseCreateArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let registry = Registry::load_default()?;
-        let explicit = select::parse_explicit(&registry, &args.ami)?;
+        let pinned = select::pin(
+            &registry,
+            args.stack.region.as_deref(),
+            &args.stack.stack,
+            select::Request::Flags {
+                latest: args.latest,
+                ami: &args.ami,
+            },
+        )
+        .await?;
         if let Some(channel) = &args.channel {
             record::check_name("channel name", channel).map_err(anyhow::Error::msg)?;
         }
         let store = Store::connect(args.stack.region.as_deref(), &args.stack.stack).await?;
-        let (_, selected) =
-            crate::deploy::choose_amis(args.stack.region.as_deref(), args.latest, &explicit)
-                .await?;
+        let (_, selected) = select::choose(args.stack.region.as_deref(), &pinned).await?;
         let client = ami::ec2_client(args.stack.region.as_deref()).await?;
         let chosen: BTreeMap<String, String> =
             selected.into_iter().map(|s| (s.role, s.ami_id)).collect();
@@ -153,6 +160,8 @@ struct Listing {
     releases: Vec<ListedRelease>,
     malformed: Vec<String>,
     channels: BTreeMap<String, String>,
+    /// Rejected release id → why (`promote` refuses these).
+    rejected: BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -160,12 +169,15 @@ struct ListedRelease {
     #[serde(flatten)]
     release: Release,
     channels: Vec<String>,
+    /// Why the release was rejected, when it was.
+    rejected: Option<String>,
 }
 
 pub fn run_list(args: ReleasesArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let store = Store::connect(args.stack.region.as_deref(), &args.stack.stack).await?;
         let channels = store.channels().await?;
+        let rejected = store.rejections().await?;
         let mut releases = Vec::new();
         let mut malformed = Vec::new();
         for entry in store.releases().await? {
@@ -187,11 +199,13 @@ pub fn run_list(args: ReleasesArgs) -> anyhow::Result<()> {
                 .into_iter()
                 .map(|release| ListedRelease {
                     channels: pointing(&release.id),
+                    rejected: rejected.get(&release.id).cloned(),
                     release,
                 })
                 .collect(),
             malformed,
             channels,
+            rejected,
         };
         if args.json {
             println!("{}", serde_json::to_string_pretty(&listing)?);
@@ -213,11 +227,12 @@ fn print_listing(listing: &Listing, stack: &str) {
                 entry.release.created.clone(),
                 git,
                 entry.channels.join(", "),
+                entry.rejected.clone().unwrap_or_default(),
             ]
         });
         print!(
             "{}",
-            crate::table::render(&["RELEASE", "CREATED", "GIT", "CHANNELS"], rows)
+            crate::table::render(&["RELEASE", "CREATED", "GIT", "CHANNELS", "REJECTED"], rows)
         );
     }
     for error in &listing.malformed {
@@ -254,6 +269,17 @@ pub fn run_promote(args: PromoteArgs) -> anyhow::Result<()> {
                 args.to, release.id
             );
             return Ok(());
+        }
+        // A release someone rolled back stays out of the channels: otherwise the next
+        // nightly promotion would undo the rollback.
+        if let Some(why) = store.rejection(&release.id).await? {
+            if !args.force {
+                bail!(
+                    "release {} is rejected ({why}); promote refuses it: record a new release, or pass --force to promote it anyway",
+                    release.id
+                );
+            }
+            eprintln!("warning: promoting rejected release {} ({why}) because of --force", release.id);
         }
         let version = store
             .point(
@@ -293,6 +319,14 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
             );
         };
         usable_release(&store, &client, &target).await?;
+        // Rejected before the channel moves: a rollback that moved the channel but did not
+        // reject would be undone by the next promotion.
+        store
+            .reject(
+                &current,
+                &history::rejection_reason(&args.channel, &target, SystemTime::now()),
+            )
+            .await?;
         let version = store
             .point(
                 &args.channel,
@@ -301,47 +335,11 @@ pub fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
             )
             .await?;
         println!(
-            "channel {} rolled back: {current} -> {target} (move {version})",
+            "channel {} rolled back: {current} -> {target} (move {version}); {current} is rejected: promote refuses it",
             args.channel
         );
         Ok(())
     })
-}
-
-/// The release `id`, refused unless its record is well formed, names every role, and each
-/// of its AMIs is still available: a channel must never point at images that are gone.
-pub async fn usable_release(
-    store: &Store,
-    client: &aws_sdk_ec2::Client,
-    id: &str,
-) -> anyhow::Result<Release> {
-    let release = store.release(id).await?;
-    let registry = Registry::load_default()?;
-    let missing = release.missing_roles(&registry.names());
-    if !missing.is_empty() {
-        bail!(
-            "release {id} has no image for {}: it predates those roles",
-            missing.join(", ")
-        );
-    }
-    let available: BTreeSet<String> = ami::list(client, None)
-        .await?
-        .into_iter()
-        .map(|a| a.id)
-        .collect();
-    let gone: Vec<String> = release
-        .roles
-        .iter()
-        .filter(|(_, image)| !available.contains(&image.ami))
-        .map(|(role, image)| format!("{role} {}", image.ami))
-        .collect();
-    if !gone.is_empty() {
-        bail!(
-            "release {id} cannot be used: its AMIs no longer exist ({}); nothing changed",
-            gone.join(", ")
-        );
-    }
-    Ok(release)
 }
 
 /// The AMIs `prune` must keep for `stack`: every AMI of the releases each channel points at
@@ -364,38 +362,4 @@ pub async fn protected_amis(
         }
     }
     Ok(amis)
-}
-
-/// The AMI map of the release `channel` points at now, for `deploy --channel`.
-pub async fn channel_amis(
-    region: Option<&str>,
-    stack: &str,
-    channel: &str,
-) -> anyhow::Result<(String, BTreeMap<String, String>)> {
-    let store = Store::connect(region, stack).await?;
-    let client = ami::ec2_client(region).await?;
-    let Some(id) = store.channel(channel).await? else {
-        bail!("channel {channel} does not exist in stack {stack}; `cargo xtask releases --stack {stack}` lists the channels");
-    };
-    let release = usable_release(&store, &client, &id).await?;
-    Ok((id, role_amis(release)))
-}
-
-/// The AMI map of release `id`, for `deploy --release`.
-pub async fn release_amis(
-    region: Option<&str>,
-    stack: &str,
-    id: &str,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let store = Store::connect(region, stack).await?;
-    let client = ami::ec2_client(region).await?;
-    Ok(role_amis(usable_release(&store, &client, id).await?))
-}
-
-fn role_amis(release: Release) -> BTreeMap<String, String> {
-    release
-        .roles
-        .into_iter()
-        .map(|(role, image)| (role, image.ami))
-        .collect()
 }

@@ -70,6 +70,17 @@ pub struct Role {
     pub users: BTreeMap<String, u32>,
     /// The users every image has (images/common/services.toml's `[users]`).
     pub common_users: BTreeMap<String, u32>,
+    /// Where the role's AMI change goes in a role-by-role roll-out (`[deploy]
+    /// rollout_order`, lower first); `None` rolls out after every role that has one.
+    pub rollout_order: Option<u32>,
+}
+
+/// How `cargo xtask deploy` treats the role (the `[deploy]` section).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploySpec {
+    #[serde(default)]
+    rollout_order: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -217,6 +228,8 @@ struct RoleFile {
     _secrets: serde::de::IgnoredAny,
     #[serde(default, rename = "generated")]
     _generated: serde::de::IgnoredAny,
+    #[serde(default)]
+    deploy: DeploySpec,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +303,18 @@ impl Registry {
     /// The role names in start order.
     pub fn names(&self) -> Vec<&str> {
         self.roles.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    /// The role names in roll-out order: by `[deploy] rollout_order` (lower first), roles
+    /// without one last, ties in start order. `cargo xtask deploy` replaces roles' AMIs in
+    /// this order, one role per apply.
+    pub fn rollout_order(&self) -> Vec<&str> {
+        let mut roles: Vec<(usize, &Role)> = self.roles.iter().enumerate().collect();
+        roles.sort_by_key(|(start, role)| (role.rollout_order.unwrap_or(u32::MAX), *start));
+        roles
+            .into_iter()
+            .map(|(_, role)| role.name.as_str())
+            .collect()
     }
 
     /// The role called `name`, or an error listing the roles there are.
@@ -600,6 +625,7 @@ fn read_role(dir: &Path, path: &Path) -> Result<Role, RegistryError> {
         data: file.data,
         users: file.users,
         common_users: BTreeMap::new(),
+        rollout_order: file.deploy.rollout_order,
     })
 }
 

@@ -38,6 +38,9 @@ pub struct RoleSpec {
     /// by name on the instance.
     #[serde(default, rename = "users")]
     _users: serde::de::IgnoredAny,
+    /// How `cargo xtask deploy` rolls the role out: xtask's, not the agent's.
+    #[serde(default, rename = "deploy")]
+    _deploy: serde::de::IgnoredAny,
     /// The directory holding role.toml; template paths are relative to it.
     #[serde(skip)]
     pub dir: PathBuf,

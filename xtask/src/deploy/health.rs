@@ -108,16 +108,34 @@ pub fn stack_checks(stack: &StackEndpoints) -> Vec<Check> {
 pub fn checks_for_roles(stack: &StackEndpoints, roles: &BTreeSet<String>) -> Vec<Check> {
     role_checks(stack)
         .into_iter()
-        .filter(|(concerns, _)| concerns.iter().any(|r| roles.contains(*r)))
+        .filter(|(concerns, _)| concerns.any_of(roles))
         .map(|(_, check)| check)
         .collect()
+}
+
+/// Which roles' health a check proves.
+#[derive(Debug, Clone, Copy)]
+enum Concerns {
+    Roles(&'static [&'static str]),
+    /// Every role of the registry, whichever there are: Prometheus' targets include every
+    /// instance (node_exporter runs on each, and it scrapes each role's service).
+    EveryRole,
+}
+
+impl Concerns {
+    /// Whether the check says something about one of `roles` (registry role names).
+    fn any_of(self, roles: &BTreeSet<String>) -> bool {
+        match self {
+            Concerns::Roles(mine) => mine.iter().any(|r| roles.contains(*r)),
+            Concerns::EveryRole => !roles.is_empty(),
+        }
+    }
 }
 
 /// [`stack_checks`], each with the roles whose health it proves. Prometheus' targets
 /// include every role (node_exporter runs everywhere, and it scrapes the app, Loki and
 /// Grafana), so that check speaks for all of them.
-fn role_checks(stack: &StackEndpoints) -> Vec<(&'static [&'static str], Check)> {
-    const EVERY_ROLE: &[&str] = &["app", "prometheus", "loki", "grafana"];
+fn role_checks(stack: &StackEndpoints) -> Vec<(Concerns, Check)> {
     let url = |role: &str| {
         stack
             .urls
@@ -125,17 +143,20 @@ fn role_checks(stack: &StackEndpoints) -> Vec<(&'static [&'static str], Check)> 
             .map(|u| u.trim_end_matches('/').to_string())
     };
     let exposed = |role: &str| stack.exposed.get(role).copied().unwrap_or(false);
-    let mut checks: Vec<(&'static [&'static str], Check)> = Vec::new();
+    let mut checks: Vec<(Concerns, Check)> = Vec::new();
     if let Some(app) = url("app").filter(|_| exposed("app")) {
-        checks.push((&["app"], http("app /health", format!("{app}/health"))));
+        checks.push((
+            Concerns::Roles(&["app"]),
+            http("app /health", format!("{app}/health")),
+        ));
     }
     if let Some(prometheus) = url("prometheus").filter(|_| exposed("prometheus")) {
         checks.push((
-            &["prometheus"],
+            Concerns::Roles(&["prometheus"]),
             http("prometheus /-/ready", format!("{prometheus}/-/ready")),
         ));
         checks.push((
-            EVERY_ROLE,
+            Concerns::EveryRole,
             Check::PrometheusTargets {
                 name: "prometheus targets up".into(),
                 api: PrometheusApi::Direct(prometheus),
@@ -143,7 +164,7 @@ fn role_checks(stack: &StackEndpoints) -> Vec<(&'static [&'static str], Check)> 
         ));
     } else if let (Some(grafana), Some(auth)) = (url("grafana"), &stack.grafana_auth) {
         checks.push((
-            EVERY_ROLE,
+            Concerns::EveryRole,
             Check::PrometheusTargets {
                 name: "prometheus targets up (via grafana)".into(),
                 api: PrometheusApi::ViaGrafana {
@@ -154,16 +175,19 @@ fn role_checks(stack: &StackEndpoints) -> Vec<(&'static [&'static str], Check)> 
         ));
     }
     if let Some(loki) = url("loki").filter(|_| exposed("loki")) {
-        checks.push((&["loki"], http("loki /ready", format!("{loki}/ready"))));
+        checks.push((
+            Concerns::Roles(&["loki"]),
+            http("loki /ready", format!("{loki}/ready")),
+        ));
     }
     if let Some(grafana) = url("grafana") {
         checks.push((
-            &["grafana"],
+            Concerns::Roles(&["grafana"]),
             http("grafana /api/health", format!("{grafana}/api/health")),
         ));
         if let Some(auth) = &stack.grafana_auth {
             checks.push((
-                &["grafana", "prometheus", "loki"],
+                Concerns::Roles(&["grafana", "prometheus", "loki"]),
                 Check::GrafanaDatasources {
                     name: "grafana datasources".into(),
                     grafana,

@@ -10,11 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::roles::Registry;
 
-/// The order roles are rolled out in: the data stores first (Loki, which every other role
-/// ships to or reads; then Prometheus; then Grafana, which reads both), the stateless app
-/// last. A test checks that it names every role of the registry exactly once.
-pub const ORDER: [&str; 4] = ["loki", "prometheus", "grafana", "app"];
-
 /// One `terraform apply`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
@@ -40,8 +35,8 @@ impl Step {
 /// Why the roll-out cannot be planned.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
-    #[error("role `{0}` has no place in the roll-out order ({order}); add it to xtask/src/deploy/rollout.rs ORDER", order = ORDER.join(", "))]
-    Unordered(String),
+    #[error("role `{role}` has no place in the roll-out order ({order}); it is not in the role registry (images/<role>/role.toml)", order = order.join(", "))]
+    Unordered { role: String, order: Vec<String> },
 }
 
 /// The applies that take the stack from `current` (role → AMI its instance runs; empty
@@ -52,8 +47,8 @@ pub enum PlanError {
 /// - No AMI changes: one apply of `target` anyway, so changes to `terraform/` itself (not
 ///   to the AMIs) still reach the stack.
 /// - Otherwise roles without an instance yet (a new role) start in the first apply, then
-///   each role whose AMI changes gets an apply of its own, in [`ORDER`]; unchanged roles
-///   are skipped.
+///   each role whose AMI changes gets an apply of its own, in `order` (the registry's
+///   [`Registry::rollout_order`]); unchanged roles are skipped.
 pub fn plan(
     order: &[&str],
     current: &BTreeMap<String, String>,
@@ -61,7 +56,10 @@ pub fn plan(
     all_at_once: bool,
 ) -> Result<Vec<Step>, PlanError> {
     if let Some(role) = target.keys().find(|r| !order.contains(&r.as_str())) {
-        return Err(PlanError::Unordered(role.clone()));
+        return Err(PlanError::Unordered {
+            role: role.clone(),
+            order: order.iter().map(|r| r.to_string()).collect(),
+        });
     }
     let changed: Vec<&str> = order
         .iter()
@@ -264,14 +262,20 @@ mod tests {
         ])
     }
 
+    /// The registry's roll-out order, as the tests below plan with it.
+    const ORDER: [&str; 4] = ["loki", "prometheus", "grafana", "app"];
+
     #[test]
-    fn the_order_names_every_registry_role_once() {
+    fn the_registry_rolls_the_data_stores_out_first_and_the_app_last() {
         let registry = Registry::load_default().unwrap();
-        let mut names = registry.names();
-        names.sort_unstable();
-        let mut order = ORDER.to_vec();
-        order.sort_unstable();
-        assert_eq!(order, names);
+        assert_eq!(registry.rollout_order(), ORDER);
+        for role in registry.roles() {
+            assert!(
+                role.rollout_order.is_some(),
+                "{}: every shipped role states its place ([deploy] rollout_order)",
+                role.name
+            );
+        }
     }
 
     #[test]
@@ -365,8 +369,14 @@ mod tests {
         let mut target = new();
         target.insert("web".into(), "ami-w1".into());
         let error = plan(&ORDER, &old(), &target, false).unwrap_err();
-        assert_eq!(error, PlanError::Unordered("web".into()));
-        assert!(error.to_string().contains("ORDER"), "{error}");
+        assert_eq!(
+            error,
+            PlanError::Unordered {
+                role: "web".into(),
+                order: ORDER.iter().map(|r| r.to_string()).collect(),
+            }
+        );
+        assert!(error.to_string().contains("role registry"), "{error}");
     }
 
     #[test]

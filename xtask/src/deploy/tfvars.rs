@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use super::select::Selected;
+use crate::select::Selected;
 
 /// The generated variables, as `terraform/variables.tf` declares them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

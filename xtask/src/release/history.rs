@@ -22,6 +22,14 @@ pub fn promote_description(source: &str) -> String {
     format!("promote {source}")
 }
 
+/// Why a rolled-back release is rejected: the channel it was rolled back from, and when.
+pub fn rejection_reason(channel: &str, to: &str, at: std::time::SystemTime) -> String {
+    format!(
+        "rolled back from channel {channel} to {to} at {}",
+        humantime::format_rfc3339_seconds(at)
+    )
+}
+
 /// The releases the channel went through and has not rolled back from, oldest first; the
 /// last one is where the channel points now.
 pub fn lineage(moves: &[ChannelMove]) -> Vec<&str> {

@@ -75,7 +75,7 @@ impl Release {
             )));
         }
         for (role, image) in &release.roles {
-            if !crate::deploy::select::is_ami_id(&image.ami) {
+            if !crate::ami::is_ami_id(&image.ami) {
                 return Err(invalid(format!(
                     "role {role}: `{}` is not an AMI id",
                     image.ami

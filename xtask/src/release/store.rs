@@ -1,7 +1,8 @@
 //! Releases and channels in SSM Parameter Store, one stack's under `/obstack/<stack>/`:
-//! `releases/<id>` holds a release record (written once, never overwritten) and
-//! `channels/<name>` holds a release id. SSM keeps every version of a parameter (the newest
-//! 100), so a channel's parameter history *is* the channel's history.
+//! `releases/<id>` holds a release record (written once, never overwritten),
+//! `channels/<name>` holds a release id, and `rejected/<id>` says why a release was rolled
+//! back (promote refuses it). SSM keeps every version of a parameter (the newest 100), so a
+//! channel's parameter history *is* the channel's history.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +56,45 @@ impl Store {
 
     pub fn channel_parameter(&self, channel: &str) -> String {
         format!("{}{channel}", self.prefix("channels"))
+    }
+
+    pub fn rejection_parameter(&self, id: &str) -> String {
+        format!("{}{id}", self.prefix("rejected"))
+    }
+
+    /// Marks release `id` rejected, saying why (a rollback moved a channel away from it).
+    pub async fn reject(&self, id: &str, why: &str) -> anyhow::Result<()> {
+        record::check_name("release id", id).map_err(anyhow::Error::msg)?;
+        let name = self.rejection_parameter(id);
+        self.client
+            .put_parameter()
+            .name(&name)
+            .value(why)
+            .r#type(ParameterType::String)
+            .description(format!(
+                "obstack: release {id} of stack {} is rejected",
+                self.stack
+            ))
+            .overwrite(true)
+            .send()
+            .await
+            .with_context(|| format!("cannot write {name} (ssm:PutParameter)"))?;
+        Ok(())
+    }
+
+    /// Why release `id` was rejected, or `None` when it was not.
+    pub async fn rejection(&self, id: &str) -> anyhow::Result<Option<String>> {
+        record::check_name("release id", id).map_err(anyhow::Error::msg)?;
+        self.get(&self.rejection_parameter(id)).await
+    }
+
+    /// Every rejected release id → why.
+    pub async fn rejections(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        Ok(self
+            .by_path(&self.prefix("rejected"))
+            .await?
+            .into_iter()
+            .collect())
     }
 
     /// Writes a new release record; refuses to overwrite an existing one (a release id names

@@ -344,3 +344,90 @@ fn the_new_roles_scripts_pass_shellcheck_like_the_others() {
         .unwrap();
     assert!(output.status.success(), "{}", describe(&output));
 }
+
+#[test]
+fn the_new_role_rolls_out_in_its_registry_place_and_is_gated() {
+    use xtask::deploy::{health, rollout};
+
+    let five = FiveRoles::new();
+    let registry = five.registry();
+    // Its role.toml's `[deploy] rollout_order = 25` puts it after Prometheus (20), before
+    // Grafana (30): no list in Rust names it.
+    assert_eq!(
+        registry.rollout_order(),
+        ["loki", "prometheus", ROLE, "grafana", "app"]
+    );
+    // Its health gate: Prometheus' targets (every role's node_exporter and service).
+    let gate = rollout::gate_roles(&registry, ROLE);
+    let endpoints = health::StackEndpoints {
+        urls: [(
+            "prometheus".to_string(),
+            "http://192.0.2.1:9090".to_string(),
+        )]
+        .into(),
+        exposed: [("prometheus".to_string(), true)].into(),
+        grafana_auth: None,
+    };
+    let checks = health::checks_for_roles(&endpoints, &gate);
+    assert!(
+        checks
+            .iter()
+            .any(|c| matches!(c, health::Check::PrometheusTargets { .. })),
+        "{gate:?}: {checks:?}"
+    );
+
+    // `cargo xtask deploy --plan-only` on a copy of images/ with the role: every role gets a
+    // new AMI, and the printed roll-out is one apply per role in the registry's order.
+    let moto = testkit::Moto::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let names = registry.names();
+    let old: Vec<(String, String)> = names
+        .iter()
+        .enumerate()
+        .map(|(n, role)| (role.to_string(), format!("ami-{:08x}", n + 1)))
+        .collect();
+    let running: Vec<(&str, &str)> = old.iter().map(|(r, a)| (r.as_str(), a.as_str())).collect();
+    let terraform = testkit::FakeTerraform::install(scratch.path(), &running);
+    let vars = scratch.path().join("mine.tfvars");
+    std::fs::write(&vars, "allowed_web_cidrs = [\"198.51.100.7/32\"]\n").unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    moto.apply_env(&mut command);
+    terraform.apply_env(&mut command);
+    command
+        .args(["deploy", "--plan-only", "--var-file"])
+        .arg(&vars)
+        .env("OBSTACK_IMAGES_DIR", five.images())
+        .env("CARGO_TARGET_DIR", scratch.path().join("target"));
+    for (n, role) in names.iter().enumerate() {
+        command
+            .arg("--ami")
+            .arg(format!("{role}=ami-{:08x}", n + 101));
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", describe(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let steps: Vec<&str> = stderr
+        .lines()
+        .filter_map(|line| {
+            // The roll-out table: STEP ROLE FROM TO HEALTH GATE, e.g. `3/5 tempo ami-... ...`.
+            let mut cells = line.split_whitespace();
+            let step = cells.next()?;
+            step.ends_with("/5").then(|| cells.next()).flatten()
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        ["loki", "prometheus", ROLE, "grafana", "app"],
+        "{stderr}"
+    );
+    // The first apply changes Loki only; the new role keeps its running AMI until its turn.
+    let planned = terraform.planned_ami_ids().unwrap();
+    assert_eq!(
+        planned[ROLE],
+        old.iter().find(|(r, _)| r == ROLE).unwrap().1
+    );
+    assert_ne!(
+        planned["loki"],
+        old.iter().find(|(r, _)| r == "loki").unwrap().1
+    );
+}

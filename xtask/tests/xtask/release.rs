@@ -422,3 +422,58 @@ fn deploy_takes_a_channels_release_or_a_pinned_release_id() {
     let error = fails(&sandbox, &["deploy", "--plan-only", "--release", "nope"]);
     assert!(error.contains("no release nope"), "{error}");
 }
+
+#[test]
+fn a_release_rolled_back_is_rejected_and_promote_refuses_it_unless_forced() {
+    let sandbox = Sandbox::new();
+    let r1 = create(&sandbox, &bake_set(&sandbox, '1'), Some("candidate"));
+    ok(&sandbox, &["promote", "candidate", "--to", "stable"]);
+    let r2 = create(&sandbox, &bake_set(&sandbox, '2'), Some("candidate"));
+    ok(&sandbox, &["promote", "candidate", "--to", "stable"]);
+
+    // The operator finds r2 bad in production and rolls stable back.
+    let rolled = ok(&sandbox, &["rollback", "--channel", "stable"]);
+    assert!(rolled.contains(&format!("{r2} is rejected")), "{rolled}");
+    assert_eq!(channel(&sandbox, "stable").as_deref(), Some(r1.as_str()));
+
+    // The next nightly promotion of the candidate, still r2, must not undo the rollback.
+    let error = fails(&sandbox, &["promote", "candidate", "--to", "stable"]);
+    assert!(
+        error.contains(&format!("release {r2} is rejected"))
+            && error.contains("rolled back from channel stable")
+            && error.contains("--force"),
+        "{error}"
+    );
+    assert_eq!(channel(&sandbox, "stable").as_deref(), Some(r1.as_str()));
+    let error = fails(&sandbox, &["promote", &r2, "--to", "stable"]);
+    assert!(error.contains("is rejected"), "{error}");
+
+    // The listing says so, for a pipeline and for a person.
+    let listed = listing(&sandbox);
+    assert!(
+        listed["rejected"][&r2]
+            .as_str()
+            .is_some_and(|why| why.contains("rolled back from channel stable")),
+        "{listed}"
+    );
+    let entry = listed["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == r2.as_str())
+        .unwrap();
+    assert!(entry["rejected"].is_string(), "{entry}");
+    assert!(listed["rejected"].get(&r1).is_none(), "{listed}");
+    let table = ok(&sandbox, &["releases"]);
+    assert!(table.contains("REJECTED"), "{table}");
+
+    // A person who knows better can still force it.
+    let forced = run(&sandbox, &["promote", &r2, "--to", "stable", "--force"]);
+    assert!(forced.status.success(), "{}", describe(&forced));
+    assert!(
+        String::from_utf8_lossy(&forced.stderr).contains("warning: promoting rejected release"),
+        "{}",
+        describe(&forced)
+    );
+    assert_eq!(channel(&sandbox, "stable").as_deref(), Some(r2.as_str()));
+}

@@ -43,7 +43,7 @@ fn the_gate_passes_on_healthy_services_then_a_dead_app_stops_the_roll_out_at_its
     };
     let checker = Checker::new(Duration::from_secs(2)).unwrap();
 
-    let steps = rollout::plan(&rollout::ORDER, &amis("1"), &amis("2"), false).unwrap();
+    let steps = rollout::plan(&registry.rollout_order(), &amis("1"), &amis("2"), false).unwrap();
     let mut app = Some(app);
     let mut applied = Vec::new();
     let mut passed = Vec::new();

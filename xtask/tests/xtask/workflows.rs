@@ -388,3 +388,122 @@ fn the_runner_label_filter_matches_only_ubuntu_24_04() {
         "a mistyped label is still reported: {findings:#?}"
     );
 }
+
+/// The S3 state's lock (`use_lockfile`, which `deploy --backend-config` requires) exists from
+/// Terraform 1.10 on: terraform/versions.tf asks for at least that, and the README says so.
+#[test]
+fn terraform_is_required_at_the_version_the_s3_lock_needs() {
+    let versions = read(&root().join("terraform/versions.tf"));
+    assert!(
+        versions.contains("required_version = \">= 1.10\""),
+        "terraform/versions.tf: {versions}"
+    );
+    let readme = read(&root().join("README.md"));
+    assert!(
+        readme.contains("Terraform >= 1.10"),
+        "README.md's prerequisites"
+    );
+    assert!(
+        !readme.contains("Terraform >= 1.6"),
+        "README.md still names Terraform 1.6"
+    );
+}
+
+/// The toolchain is pinned to an exact release (the images' binaries are bake inputs: a
+/// floating toolchain rebakes every role on each Rust release), and every workflow installs
+/// exactly that one.
+#[test]
+fn the_toolchain_is_pinned_and_every_workflow_installs_the_pin() {
+    let pinned: toml::Value =
+        toml::from_str(&read(&root().join("rust-toolchain.toml"))).expect("rust-toolchain.toml");
+    let channel = pinned["toolchain"]["channel"].as_str().unwrap_or_default();
+    let parts: Vec<&str> = channel.split('.').collect();
+    assert!(
+        parts.len() == 3 && parts.iter().all(|p| p.parse::<u32>().is_ok()),
+        "rust-toolchain.toml pins `{channel}`, not an exact release"
+    );
+    for name in ["ci.yml", "nightly-bake.yml"] {
+        let text = read(&workflow(name));
+        let installs: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("- uses: dtolnay/rust-toolchain@"))
+            .collect();
+        assert!(!installs.is_empty(), "{name} installs no toolchain");
+        for version in installs {
+            assert_eq!(version, channel, "{name} installs Rust {version}");
+        }
+    }
+}
+
+/// The rehearsal's expressions follow GitHub's rules where the workflows rely on them.
+#[test]
+fn the_rehearsals_expressions_follow_githubs_rules() {
+    use crate::workflow_support::expr::{condition, eval, interpolate, MapContext, Val};
+    let context = MapContext {
+        values: [
+            ("vars.SET".to_string(), Val::Str("x".into())),
+            ("vars.EMPTY".to_string(), Val::Str(String::new())),
+        ]
+        .into(),
+        succeeded: true,
+    };
+    let value = |e: &str| eval(e, &context).unwrap();
+    assert_eq!(
+        value("vars.UNSET || 'us-east-1'"),
+        Val::Str("us-east-1".into())
+    );
+    assert_eq!(value("vars.SET || 'us-east-1'"), Val::Str("x".into()));
+    // Unset and empty are both '' to a comparison (as numbers, both 0).
+    assert_eq!(value("vars.UNSET != ''"), Val::Bool(false));
+    assert_eq!(value("vars.EMPTY == ''"), Val::Bool(true));
+    assert_eq!(value("vars.SET != ''"), Val::Bool(true));
+    assert_eq!(
+        value("'ABC' == 'abc'"),
+        Val::Bool(true),
+        "strings ignore case"
+    );
+    assert_eq!(value("!vars.UNSET && 'b'"), Val::Str("b".into()));
+    assert_eq!(
+        interpolate("name-${{ vars.SET }}-${{ vars.UNSET }}", &context).unwrap(),
+        "name-x-"
+    );
+    // An `if:` without a status function means `success() && ...`.
+    let failed = MapContext {
+        values: context.values.clone(),
+        succeeded: false,
+    };
+    assert!(!condition("vars.SET != ''", &failed).unwrap());
+    assert!(condition("${{ always() && vars.SET != '' }}", &failed).unwrap());
+    assert!(condition("failure()", &failed).unwrap());
+    assert!(eval("vars.SET ==", &context).is_err());
+
+    let parsed = crate::workflow_support::parse_assignments(
+        "release=r1\nnotes<<EOF\nline one\nline two\nEOF\nempty=\n",
+    )
+    .unwrap();
+    assert_eq!(
+        parsed,
+        [
+            ("release".to_string(), "r1".to_string()),
+            ("notes".to_string(), "line one\nline two".to_string()),
+            ("empty".to_string(), String::new()),
+        ]
+    );
+    assert!(crate::workflow_support::parse_assignments("a<<EOF\nno end\n").is_err());
+}
+
+/// The move to `stable` waits for the `stable` environment's reviewers.
+#[test]
+fn the_promotion_to_stable_runs_in_the_stable_environment() {
+    let workflow: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&read(&workflow("nightly-bake.yml"))).unwrap();
+    let promoters = jobs_running(&workflow, "--to stable");
+    assert!(!promoters.is_empty(), "no job promotes to stable");
+    for job in promoters {
+        assert_eq!(
+            workflow["jobs"][job]["environment"].as_str(),
+            Some("stable"),
+            "job {job} moves stable without the stable environment's approval"
+        );
+    }
+}

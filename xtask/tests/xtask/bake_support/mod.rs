@@ -39,19 +39,35 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
+        Sandbox::on(testkit::Moto::start())
+    }
+
+    /// A sandbox on a moto that enforces IAM for `users` (name, policy document); the
+    /// sandbox's own client and [`Sandbox::xtask`] use the admin's keys.
+    pub fn enforcing(users: &[(&str, &str)]) -> Sandbox {
+        Sandbox::on(testkit::Moto::start_enforcing(users))
+    }
+
+    fn on(moto: testkit::Moto) -> Sandbox {
         testkit::require_tool("packer");
-        let moto = testkit::Moto::start();
         let dir = tempfile::tempdir().unwrap();
         copy_images(
             &testkit::workspace_root().join("images"),
             &dir.path().join("images"),
         );
         write_stand_in_binaries(&dir.path().join("artifacts"), registry());
+        let env: BTreeMap<&str, String> = moto.env().into_iter().collect();
         let config = aws_sdk_ec2::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .endpoint_url(moto.endpoint())
-            .credentials_provider(Credentials::new("test", "test", None, None, "moto"))
+            .credentials_provider(Credentials::new(
+                &env["AWS_ACCESS_KEY_ID"],
+                &env["AWS_SECRET_ACCESS_KEY"],
+                None,
+                None,
+                "moto",
+            ))
             .build();
         Sandbox {
             moto,
@@ -81,6 +97,13 @@ impl Sandbox {
             .env("PACKER_CONFIG_DIR", &home)
             .env("CHECKPOINT_DISABLE", "1")
             .env_remove("PACKER_LOG");
+        command
+    }
+
+    /// `xtask ARGS` pointed at this sandbox, signed with the keys of moto user `user`.
+    pub fn xtask_as(&self, user: &str, args: &[&str]) -> Command {
+        let mut command = self.xtask(args);
+        self.moto.apply_user_env(&mut command, user);
         command
     }
 

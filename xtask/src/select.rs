@@ -1,13 +1,28 @@
-//! Which AMI each role launches: the one baked from this checkout's inputs (default), the
-//! newest one (`--latest`), or one named on the command line (`--ami ROLE=ami-...`).
+//! Which AMI each role launches, decided in one place for `deploy` and `release create`:
+//! the one baked from this checkout's inputs (default), the newest one (`--latest`), one
+//! named on the command line (`--ami ROLE=ami-...`), or every role's from a release, named
+//! by id (`--release`) or through the channel pointing at it (`--channel`).
+//!
+//! Choosing happens in two steps so a deploy can check its own flags and files between
+//! them: [`pin`] reads what is fixed (the release's AMIs from the release store, or the
+//! `--ami` flags), [`choose`] fills in the remaining roles (hashing this checkout or
+//! listing the newest bakes, the slow part). [`usable_release`] is the one test of whether
+//! a release may be deployed or promoted.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use serde::Serialize;
 
 use crate::ami::{self, Ami};
+use crate::hash::{self, HashInputs};
+use crate::release::record::Release;
+use crate::release::store::Store;
 use crate::roles::Registry;
+use crate::versions::Manifest;
+
+/// `ami-` and 8 or 17 hex digits (kept here too: the flags' own check).
+pub use crate::ami::is_ami_id;
 
 /// The AMI chosen for one role, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -43,13 +58,6 @@ pub fn parse_explicit(
         }
     }
     Ok(chosen)
-}
-
-/// `ami-` and 8 or 17 hex digits, as EC2 names images (also checked in release records).
-pub fn is_ami_id(id: &str) -> bool {
-    id.strip_prefix("ami-").is_some_and(|hex| {
-        matches!(hex.len(), 8 | 17) && hex.chars().all(|c| c.is_ascii_hexdigit())
-    })
 }
 
 /// The roles that still need an AMI once the explicit ones are taken.
@@ -129,6 +137,201 @@ pub fn explicit(chosen: &BTreeMap<String, String>) -> Vec<Selected> {
             reason: "--ami".into(),
         })
         .collect()
+}
+
+/// What the operator asked to launch: a channel's release, a release by id, or the
+/// `--latest`/`--ami` flags (each role not named by `--ami` from this checkout's hashes,
+/// or the newest bake with `latest`).
+#[derive(Debug, Clone, Copy)]
+pub enum Request<'a> {
+    Channel(&'a str),
+    Release(&'a str),
+    Flags { latest: bool, ami: &'a [String] },
+}
+
+/// What [`pin`] fixed: role → AMI for the roles already decided, and how.
+#[derive(Debug, Clone)]
+pub struct Pinned {
+    explicit: BTreeMap<String, String>,
+    latest: bool,
+    /// `channel stable (<id>)` or `release <id>`: every role's reason when a release decided.
+    release: Option<String>,
+}
+
+/// The first step: the AMIs of a channel's or a release's record (refused unless
+/// [`usable_release`]), or the `--ami` flags parsed (nothing asked of AWS then).
+pub async fn pin(
+    registry: &Registry,
+    region: Option<&str>,
+    stack: &str,
+    request: Request<'_>,
+) -> anyhow::Result<Pinned> {
+    Ok(match request {
+        Request::Channel(channel) => {
+            let (id, amis) = channel_amis(region, stack, channel).await?;
+            Pinned {
+                explicit: amis,
+                latest: false,
+                release: Some(format!("channel {channel} ({id})")),
+            }
+        }
+        Request::Release(id) => Pinned {
+            explicit: release_amis(region, stack, id).await?,
+            latest: false,
+            release: Some(format!("release {id}")),
+        },
+        Request::Flags { latest, ami } => Pinned {
+            explicit: parse_explicit(registry, ami)?,
+            latest,
+            release: None,
+        },
+    })
+}
+
+/// The second step: every role's AMI, in the registry's order, and the region.
+pub async fn choose(
+    region: Option<&str>,
+    pinned: &Pinned,
+) -> anyhow::Result<(String, Vec<Selected>)> {
+    let (region, mut selected) = choose_amis(region, pinned.latest, &pinned.explicit).await?;
+    if let Some(release) = &pinned.release {
+        for choice in &mut selected {
+            choice.reason.clone_from(release);
+        }
+    }
+    Ok((region, selected))
+}
+
+/// The AMI of every role: the `--ami` choices, then the newest (`latest`) or the one baked from
+/// this checkout's inputs for the rest; also returns the region.
+async fn choose_amis(
+    region: Option<&str>,
+    latest: bool,
+    explicit: &BTreeMap<String, String>,
+) -> anyhow::Result<(String, Vec<Selected>)> {
+    let client = ami::ec2_client(region).await?;
+    let region = client
+        .config()
+        .region()
+        .map(|r| r.to_string())
+        .context("no AWS region configured: pass --region, or set AWS_REGION")?;
+    let registry = Registry::load_default()?;
+    let remaining = remaining_roles(&registry, explicit);
+    let mut chosen = self::explicit(explicit);
+    if !remaining.is_empty() {
+        if latest {
+            chosen.extend(self::latest(&client, &remaining).await?);
+        } else {
+            eprintln!("computing this checkout's input hashes (builds the release binaries)...");
+            let hashes = checkout_hashes(&client, &registry, &remaining).await?;
+            chosen.extend(by_hash(&client, &hashes).await?);
+        }
+    }
+    let order = registry.names();
+    chosen.sort_by_key(|s| order.iter().position(|r| *r == s.role));
+    Ok((region, chosen))
+}
+
+/// The current input hash of each role in `roles`: what `cargo xtask bake` would tag this
+/// checkout's AMIs with. Computing it builds the release binaries and resolves the base
+/// AMI, exactly as a bake does; `status` and `images` never call this.
+pub async fn checkout_hashes(
+    client: &aws_sdk_ec2::Client,
+    registry: &Registry,
+    roles: &[&str],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let roles = roles
+        .iter()
+        .map(|name| registry.role(name))
+        .collect::<Result<Vec<_>, _>>()?;
+    let manifest = Manifest::load(&registry.images_dir().join("versions.toml"))?;
+    let for_build = registry.clone();
+    let artifacts_dir =
+        tokio::task::spawn_blocking(move || crate::bake::artifacts::build_release(&for_build))
+            .await
+            .context("the release build panicked")??;
+    let base =
+        crate::bake::base::resolve(client, &crate::bake::base::BaseAmiFilter::from_env()).await?;
+    let inputs = HashInputs {
+        images_dir: registry.images_dir().to_path_buf(),
+        manifest,
+        artifacts_dir,
+        base_ami_id: base.id,
+    };
+    roles
+        .iter()
+        .map(|role| Ok((role.name.clone(), hash::role_input_hash(role, &inputs)?)))
+        .collect()
+}
+
+/// The AMI map of the release `channel` points at now, for `deploy --channel`.
+pub async fn channel_amis(
+    region: Option<&str>,
+    stack: &str,
+    channel: &str,
+) -> anyhow::Result<(String, BTreeMap<String, String>)> {
+    let store = Store::connect(region, stack).await?;
+    let client = ami::ec2_client(region).await?;
+    let Some(id) = store.channel(channel).await? else {
+        bail!("channel {channel} does not exist in stack {stack}; `cargo xtask releases --stack {stack}` lists the channels");
+    };
+    let release = usable_release(&store, &client, &id).await?;
+    Ok((id, role_amis(release)))
+}
+
+/// The AMI map of release `id`, for `deploy --release`.
+pub async fn release_amis(
+    region: Option<&str>,
+    stack: &str,
+    id: &str,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let store = Store::connect(region, stack).await?;
+    let client = ami::ec2_client(region).await?;
+    Ok(role_amis(usable_release(&store, &client, id).await?))
+}
+
+fn role_amis(release: Release) -> BTreeMap<String, String> {
+    release
+        .roles
+        .into_iter()
+        .map(|(role, image)| (role, image.ami))
+        .collect()
+}
+
+/// The release `id`, refused unless its record is well formed, names every role, and each
+/// of its AMIs is still available: a channel must never point at images that are gone.
+pub async fn usable_release(
+    store: &Store,
+    client: &aws_sdk_ec2::Client,
+    id: &str,
+) -> anyhow::Result<Release> {
+    let release = store.release(id).await?;
+    let registry = Registry::load_default()?;
+    let missing = release.missing_roles(&registry.names());
+    if !missing.is_empty() {
+        bail!(
+            "release {id} has no image for {}: it predates those roles",
+            missing.join(", ")
+        );
+    }
+    let available: BTreeSet<String> = ami::list(client, None)
+        .await?
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    let gone: Vec<String> = release
+        .roles
+        .iter()
+        .filter(|(_, image)| !available.contains(&image.ami))
+        .map(|(role, image)| format!("{role} {}", image.ami))
+        .collect();
+    if !gone.is_empty() {
+        bail!(
+            "release {id} cannot be used: its AMIs no longer exist ({}); nothing changed",
+            gone.join(", ")
+        );
+    }
+    Ok(release)
 }
 
 /// The first 12 hex digits of a hash, as the AMI names show it.
@@ -278,19 +481,19 @@ mod tests {
                 expected.insert(role.to_string(), newer);
             }
             let chosen = latest(&client, &registry().names()).await.unwrap();
-            let vars = super::super::tfvars::GeneratedVars::new("us-east-1", &chosen);
+            let vars = crate::deploy::tfvars::GeneratedVars::new("us-east-1", &chosen);
             assert_eq!(vars.ami_ids, expected);
 
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("deploy").join("obstack.auto.tfvars.json");
-            super::super::tfvars::write(&path, &vars).unwrap();
+            crate::deploy::tfvars::write(&path, &vars).unwrap();
             let json: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             assert_eq!(json["region"], "us-east-1");
             for (role, id) in &expected {
                 assert_eq!(json["ami_ids"][role], id.as_str());
             }
-            assert_eq!(super::super::tfvars::read(&path).unwrap(), vars);
+            assert_eq!(crate::deploy::tfvars::read(&path).unwrap(), vars);
         });
     }
 
