@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: performance figures, printed (never asserted in tests).
 
 mod app;
+mod boot;
 mod loadgen;
 mod mount;
 mod wrk;
@@ -12,6 +13,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchTarget::App => app::run(args.duration, args.rounds as usize),
         BenchTarget::Bake => crate::bake::bench(),
         BenchTarget::Mount => mount::run(args.rounds as usize),
+        BenchTarget::Boot => boot::run(&args.roles),
     }
 }
 

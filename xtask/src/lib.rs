@@ -3,7 +3,8 @@
 //!
 //! One module per command (`bake`, `deploy`, `images`, `prune`, `pin`, `up`, `bench`), the
 //! role registry (`roles`), wrappers for AWS (`ami`), Packer (`packer`) and processes
-//! (`cmd`), and small shared helpers (`table`, `atomic`, `report`, `moto`).
+//! (`cmd`), virtual machines booting the images (`vm`), and small shared helpers (`table`,
+//! `atomic`, `report`, `moto`).
 
 pub mod ami;
 pub mod atomic;
@@ -28,3 +29,4 @@ pub mod table;
 pub mod up;
 pub mod verify;
 pub mod versions;
+pub mod vm;

@@ -1,0 +1,132 @@
+//! Booting the rehearsal's provisioned roots as virtual machines (images/README.md, "Booting
+//! the images"), the pieces the boot tests are made of:
+//!
+//! - [`image`]: a role's root, provisioned by the rehearsal (same base, same scripts, same
+//!   stand-in downloads), with the test's additions ([`xtask::vm::guest`]), as a root image,
+//!   kernel and initramfs; variants with edits (a broken unit) made from the same root;
+//! - [`deployment`]: what surrounds one instance: its tags as Terraform writes them, its
+//!   IMDS and SSM stand-ins, its data volume, and stand-ins for its peers on the host;
+//! - [`boot`]: one boot of one image: the VM, the wait for systemd to settle, the unit and
+//!   health checks, and a failure message that quotes the failing units' journals and exit
+//!   codes;
+//! - [`checks`]: what a booted instance must show: configs rendered from its tags, its data
+//!   on its volume with the right owners, and each service doing its job.
+//!
+//! Everything here runs as root (debootstrap, overlays, mkfs) with qemu and socat.
+
+pub mod boot;
+pub mod checks;
+pub mod deployment;
+pub mod image;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, OnceLock};
+
+use crate::rehearsal_kit;
+
+pub use image_checks::{images_dir, registry};
+
+/// At most this many VMs of one test process at once (`OBSTACK_VM_SLOTS` changes it): a VM
+/// takes a core under TCG and about half a GiB, and the machine has two cores. The nextest
+/// group `vm-boot` bounds the processes.
+fn vm_slots() -> usize {
+    std::env::var("OBSTACK_VM_SLOTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(2)
+}
+
+static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// A VM slot, held while a VM runs.
+pub struct Slot(());
+
+impl Slot {
+    pub fn take() -> Slot {
+        let (count, freed) = &SLOTS;
+        let mut count = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *count >= vm_slots() {
+            count = freed.wait(count).unwrap_or_else(|e| e.into_inner());
+        }
+        *count += 1;
+        Slot(())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (count, freed) = &SLOTS;
+        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        freed.notify_one();
+    }
+}
+
+/// This process's directory for VM disks and console logs, under the target directory
+/// (disks are deleted after each boot; console logs stay for a look after a failure). Those
+/// of processes that ended are deleted.
+pub fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let parent = rehearsal_kit::root::scratch().join("boot");
+        std::fs::create_dir_all(&parent).unwrap();
+        for entry in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+            let ended = entry
+                .file_name()
+                .to_str()
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if ended {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = parent.join(std::process::id().to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+}
+
+/// The units an image enables: every unit file of images/common/rootfs and the role's
+/// rootfs (drop-in directories aside), as the provisioners enable each of them.
+pub fn image_units(role: &str) -> Vec<String> {
+    let mut units = Vec::new();
+    for tree in [
+        images_dir().join("common/rootfs/etc/systemd/system"),
+        images_dir().join(role).join("rootfs/etc/systemd/system"),
+    ] {
+        for entry in std::fs::read_dir(&tree).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let is_unit = [".service", ".socket", ".timer"]
+                .iter()
+                .any(|suffix| name.ends_with(suffix));
+            if is_unit && entry.path().is_file() && !units.contains(&name) {
+                units.push(name);
+            }
+        }
+    }
+    units.sort();
+    units
+}
+
+/// The agent's units (they call AWS: the SSM stand-in's endpoint goes into them).
+pub fn agent_units() -> Vec<String> {
+    image_units(registry().names()[0])
+        .into_iter()
+        .filter(|unit| unit.starts_with("stack-agent-"))
+        .collect()
+}
+
+/// One boot's figures, printed by every boot test and collected by `cargo xtask bench boot`
+/// (it sets `OBSTACK_BOOT_TIMINGS` to a file that gets one JSON line per boot).
+pub fn record_timing(record: &serde_json::Value) {
+    eprintln!("boot timing: {record}");
+    if let Some(path) = std::env::var_os("OBSTACK_BOOT_TIMINGS") {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap_or_else(|e| panic!("OBSTACK_BOOT_TIMINGS={}: {e}", path.display()));
+        writeln!(file, "{record}").unwrap();
+    }
+}
