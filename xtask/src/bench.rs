@@ -9,6 +9,10 @@ mod wrk;
 use crate::cli::{BenchArgs, BenchTarget};
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.roles.is_empty() || matches!(args.target, BenchTarget::Boot),
+        "--role picks the roles of `cargo xtask bench boot` only; drop it"
+    );
     match args.target {
         BenchTarget::App => app::run(args.duration, args.rounds as usize),
         BenchTarget::Bake => crate::bake::bench(),

@@ -92,12 +92,10 @@ impl Console {
     }
 }
 
-/// `[ 12.345678] ident[123]: message` (the timestamp optional) as a journal line.
+/// `[ 12.345678] ident[123]: message` as a journal line. The timestamp may come after other
+/// output on the same console line (a login prompt printed just before), and may be absent.
 fn journal_line(line: &str) -> Option<JournalLine<'_>> {
-    let rest = match line.strip_prefix('[') {
-        Some(stamped) => stamped.split_once("] ")?.1,
-        None => line,
-    };
+    let rest = after_timestamp(line).unwrap_or(line);
     let (head, message) = rest.split_once("]: ")?;
     let (identifier, pid) = head.split_once('[')?;
     let plausible = !identifier.is_empty()
@@ -108,6 +106,24 @@ fn journal_line(line: &str) -> Option<JournalLine<'_>> {
         identifier,
         message,
     })
+}
+
+/// What follows the first `[ SECONDS.MICROS] ` in `line`.
+fn after_timestamp(line: &str) -> Option<&str> {
+    let mut from = 0;
+    while let Some(open) = line[from..].find('[').map(|i| from + i) {
+        let rest = &line[open + 1..];
+        if let Some(close) = rest.find("] ") {
+            let stamp = rest[..close].trim_start();
+            let is_time =
+                stamp.contains('.') && stamp.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+            if is_time {
+                return Some(&rest[close + 2..]);
+            }
+        }
+        from = open + 1;
+    }
+    None
 }
 
 /// The line without ANSI escape sequences (systemd colours its status lines) and carriage
@@ -142,7 +158,7 @@ mod tests {
     const LOG: &str = "\
 [    0.000000] Linux version 6.1.0-28-cloud-amd64
 \u{1b}[0;1;31mFAILED\u{1b}[0m] Failed to start \u{1b}[0;1;39mstack-agent-render.service\u{1b}[0m.\r
-[   21.503311] stack-agent[412]: stack-agent: error: writing /etc/grafana/grafana.ini: Read-only file system (os error 30)
+vm login: [   21.503311] stack-agent[412]: stack-agent: error: writing /etc/grafana/grafana.ini: Read-only file system (os error 30)
 [   21.611002] systemd[1]: stack-agent-render.service: Main process exited, code=exited, status=5/NOTINSTALLED
 [   21.611100] systemd[1]: stack-agent-render.service: Failed with result 'exit-code'.
 [   30.000001] systemd[1]: Startup finished in 2.504s (kernel) + 27.100s (userspace) = 29.604s.

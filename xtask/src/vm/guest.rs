@@ -78,6 +78,10 @@ Name=en* eth*
 
 [Network]
 DHCP=ipv4
+# IPv4 only, as the VPC subnet: no IPv6 link-local address for network-online.target to
+# wait for (seconds of duplicate address detection under emulation).
+LinkLocalAddressing=no
+IPv6AcceptRA=no
 ";
 
 /// Adds the network config and the probe to the root at `root`, and points

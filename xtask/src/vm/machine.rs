@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -200,11 +201,22 @@ impl Machine {
         )
         .context("cannot write the qemu command line")?;
         let started = Instant::now();
-        let mut child = Command::new(super::QEMU)
+        let mut command = Command::new(super::QEMU);
+        command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("qemu's log")?)
-            .stderr(log)
+            .stderr(log);
+        // SAFETY: between fork and exec only prctl(2) runs, which is async-signal-safe. The
+        // VM must not outlive the thread that started it (a test killed mid-boot, a Ctrl-C):
+        // the kernel kills qemu when that thread ends.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let mut child = command
             .spawn()
             .with_context(|| format!("cannot run {}", super::QEMU))?;
         // Running once its QMP socket is there; a bad option or a taken port ends it first.
@@ -223,14 +235,16 @@ impl Machine {
                     StartError::Other(anyhow::anyhow!(message))
                 });
             }
-            if qmp_socket.exists() {
+            // The socket is made before the devices: the machine runs once QMP answers
+            // (a device that fails, say a disk another VM holds, ends qemu before that).
+            if qmp_socket.exists() && qmp::execute(&qmp_socket, "query-status").is_ok() {
                 break;
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(StartError::Other(anyhow::anyhow!(
-                    "qemu for {} did not open its QMP socket within 30s",
+                    "qemu for {} did not answer on its QMP socket within 30s",
                     spec.name
                 )));
             }

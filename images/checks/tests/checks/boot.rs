@@ -165,7 +165,6 @@ fn a_broken_unit_fails_the_boot_with_its_journal_and_the_agents_exit_code() {
         },
     ];
     let (_, images) = image::provision(&role.name, &Provisioning::default(), &variants);
-    let deployment = Deployment::new("boottest", scratch());
     let wrong_serial = format!("vol0{}", random_hex(8));
     let cases: Vec<(&BootImage, Option<String>, Vec<String>)> = vec![
         (
@@ -202,6 +201,8 @@ fn a_broken_unit_fails_the_boot_with_its_journal_and_the_agents_exit_code() {
             )
         },
         |(image, serial, expected)| {
+            // Each its own deployment: a volume is attached to one instance at a time.
+            let deployment = Deployment::new("boottest", scratch());
             let mut options = BootOptions::new(if serial.is_some() {
                 "wrong-serial"
             } else {

@@ -203,9 +203,19 @@ impl Boot {
     /// active and none failed.
     pub fn settle(&mut self) -> Result<Duration, BootFailure> {
         let started = Instant::now();
-        let waited = self
-            .probe
-            .run("systemctl is-system-running --wait", SETTLE_TIMEOUT);
+        // In slices, so a VM that died (a kernel panic, qemu failing) is seen at once.
+        let waited = loop {
+            let slice = SETTLE_TIMEOUT
+                .saturating_sub(started.elapsed())
+                .min(Duration::from_secs(20));
+            let ran = self.probe.run("systemctl is-system-running --wait", slice);
+            if ran.is_ok() || started.elapsed() >= SETTLE_TIMEOUT {
+                break ran;
+            }
+            if let Some(status) = self.machine.exited() {
+                break Err(anyhow::anyhow!("qemu exited ({status})"));
+            }
+        };
         let state =
             match waited {
                 Ok(ran) => ran.output.trim().to_string(),
@@ -409,9 +419,13 @@ impl Boot {
             message.push_str(&format!(
                 "\n--- {unit}: {}\n",
                 match exits.last() {
+                    Some(status) if exits.len() == 1 => {
+                        format!("its process exited with {status} (the console)")
+                    }
                     Some(status) => format!(
-                        "its process exited with {status} (the console: {})",
-                        exits.join(", ")
+                        "its process exited with {status} (the console: {} exits, the first with {})",
+                        exits.len(),
+                        exits[0]
                     ),
                     None => "no exit logged on the console".to_string(),
                 }

@@ -28,6 +28,8 @@ pub struct Variant {
 /// A provisioned root's image and what booting it needs.
 pub struct BootImage {
     pub role: String,
+    /// Holds the image, kernel and initramfs; deleted with it.
+    dir: PathBuf,
     /// The image as provisioned; [`BootImage::fresh_disk`] copies it.
     image: PathBuf,
     pub kernel: PathBuf,
@@ -152,7 +154,10 @@ fn write_or_delete(path: &Path, contents: Option<&[u8]>) {
 }
 
 fn make_image(root: &Root, role: &str, name: &str) -> BootImage {
-    let dir = scratch().join(format!("{role}-{name}-image"));
+    // Numbered: a test may provision a role twice (a newer base, say).
+    static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let number = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = scratch().join(format!("{role}-{name}-image-{number}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join("root.img");
@@ -165,11 +170,20 @@ fn make_image(root: &Root, role: &str, name: &str) -> BootImage {
         std::fs::copy(from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
         to
     };
+    let kernel = copy(&kernel, "vmlinuz");
+    let initrd = copy(&initrd, "initrd.img");
     BootImage {
         role: role.to_string(),
+        dir,
         image,
-        kernel: copy(&kernel, "vmlinuz"),
-        initrd: copy(&initrd, "initrd.img"),
+        kernel,
+        initrd,
+    }
+}
+
+impl Drop for BootImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -62,9 +62,13 @@ impl Drop for Slot {
     }
 }
 
-/// This process's directory for VM disks and console logs, under the target directory
-/// (disks are deleted after each boot; console logs stay for a look after a failure). Those
-/// of processes that ended are deleted.
+/// How long the console logs of a test process that ended are kept.
+const KEEP_LOGS: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// This process's directory for VM disks and console logs, under the target directory.
+/// Disks are deleted after each boot; console logs stay for a look after a failure: when a
+/// later test process starts, the disks and images of those that ended are deleted, and
+/// their logs after a day.
 pub fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -76,8 +80,27 @@ pub fn scratch() -> &'static Path {
                 .to_str()
                 .and_then(|pid| pid.parse::<u32>().ok())
                 .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
-            if ended {
+            if !ended {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age > KEEP_LOGS);
+            if old {
                 let _ = std::fs::remove_dir_all(entry.path());
+                continue;
+            }
+            for file in walkdir::WalkDir::new(entry.path()).into_iter().flatten() {
+                let keep = file
+                    .path()
+                    .extension()
+                    .is_some_and(|e| e == "log" || e == "cmdline");
+                if file.file_type().is_file() && !keep {
+                    let _ = std::fs::remove_file(file.path());
+                }
             }
         }
         let dir = parent.join(std::process::id().to_string());
