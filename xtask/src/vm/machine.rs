@@ -310,6 +310,21 @@ impl Machine {
             .with_context(|| format!("VM {}", self.name))
     }
 
+    /// The host CPU time qemu has used so far (user and system), while it runs: what a
+    /// boot costs under TCG, whatever else the machine is doing.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // After `(comm)`, utime and stime are the 12th and 13th fields.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .filter(|t| *t > 0)? as u64;
+        Some(Duration::from_millis(ticks * 1000 / per_second))
+    }
+
     /// Stops the guest's CPUs (its disks stay as they are until [`Machine::resume`]).
     pub fn pause(&self) -> anyhow::Result<()> {
         self.qmp("stop").map(|_| ())

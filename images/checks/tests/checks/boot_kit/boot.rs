@@ -78,6 +78,8 @@ pub struct Boot {
     pub instance: Instance,
     probe: Probe,
     pub timings: Timings,
+    /// qemu's CPU time when the VM was stopped.
+    cpu: Option<Duration>,
     root_disk: PathBuf,
     accel_why: String,
     _slot: Slot,
@@ -161,6 +163,7 @@ impl Boot {
             instance,
             probe,
             timings: Timings::default(),
+            cpu: None,
             root_disk,
             accel_why: choice.why,
             _slot: slot,
@@ -390,6 +393,7 @@ impl Boot {
 
     /// Presses the power button and waits for the guest to power off cleanly.
     pub fn power_off(&mut self) -> Result<Duration, BootFailure> {
+        self.cpu = self.machine.cpu_time();
         let result = self.machine.power_off(POWER_OFF_TIMEOUT);
         let _ = std::fs::remove_file(&self.root_disk);
         result.map_err(|e| self.failure(&format!("{e:#}"), &[]))
@@ -405,6 +409,7 @@ impl Boot {
             "accel_why": self.accel_why,
             "units_active_s": seconds(self.timings.settled),
             "healthy_s": seconds(self.timings.healthy),
+            "qemu_cpu_s": seconds(self.cpu),
             "guest": self.machine.console().startup_finished().unwrap_or("").to_string(),
         }));
     }

@@ -19,46 +19,49 @@ pub mod checks;
 pub mod deployment;
 pub mod image;
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::rehearsal_kit;
 
 pub use image_checks::{images_dir, registry};
 
-/// At most this many VMs of one test process at once (`OBSTACK_VM_SLOTS` changes it): a VM
-/// takes a core under TCG and about half a GiB, and the machine has two cores. The nextest
-/// group `vm-boot` bounds the processes.
+/// At most this many of the boot tests' VMs run on the machine at once, whatever the number
+/// of test processes (`OBSTACK_VM_SLOTS` changes it): under TCG each takes a core, and the
+/// machine has two; a third keeps them busy while another VM waits on the host (its disk
+/// copy, a health poll, its power-off). About half a GiB each.
 fn vm_slots() -> usize {
     std::env::var("OBSTACK_VM_SLOTS")
         .ok()
         .and_then(|n| n.parse().ok())
         .filter(|n| *n > 0)
-        .unwrap_or(2)
+        .unwrap_or(3)
 }
 
-static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
-
-/// A VM slot, held while a VM runs.
-pub struct Slot(());
+/// A VM slot: an exclusive lock on one of [`vm_slots`] files shared by every test process of
+/// the machine, held while a VM runs (the kernel releases it if the process dies).
+pub struct Slot {
+    _lock: Flock<File>,
+}
 
 impl Slot {
     pub fn take() -> Slot {
-        let (count, freed) = &SLOTS;
-        let mut count = count.lock().unwrap_or_else(|e| e.into_inner());
-        while *count >= vm_slots() {
-            count = freed.wait(count).unwrap_or_else(|e| e.into_inner());
+        let dir = std::env::temp_dir().join("obstack-vm-slots");
+        std::fs::create_dir_all(&dir).unwrap();
+        loop {
+            for index in 0..vm_slots() {
+                let path = dir.join(format!("slot-{index}.lock"));
+                let file = File::create(&path)
+                    .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+                if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                    return Slot { _lock: lock };
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
         }
-        *count += 1;
-        Slot(())
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (count, freed) = &SLOTS;
-        *count.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        freed.notify_one();
     }
 }
 
