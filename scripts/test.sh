@@ -93,10 +93,30 @@ install_tools() {
   command -v sudo      >/dev/null || apt_packages+=(sudo)
   command -v useradd   >/dev/null || apt_packages+=(passwd)
   command -v setpriv   >/dev/null || apt_packages+=(util-linux)
+  # The boot tests (images/checks/tests/checks/boot.rs): guest forwards run socat, and the
+  # stand-in node_exporter download is Debian's build of it (as prometheus' and alertmanager's).
+  command -v socat                    >/dev/null || apt_packages+=(socat)
+  command -v prometheus-node-exporter >/dev/null || apt_packages+=(prometheus-node-exporter)
   if [ "${#apt_packages[@]}" -gt 0 ]; then
     step "apt-get install ${apt_packages[*]}"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"
+  fi
+  # The VMs themselves: qemu. On Debian 12 the machine's qemu-utils may come from
+  # bookworm-backports, which conflicts with bookworm's qemu-system-x86 7.2: take qemu from
+  # backports too (an apt source for it, used for this package only). Elsewhere (Ubuntu's
+  # runners) the release's own qemu.
+  if ! command -v qemu-system-x86_64 >/dev/null; then
+    qemu_release=()
+    if grep -qx 'VERSION_CODENAME=bookworm' /etc/os-release 2>/dev/null; then
+      echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+        as_root tee /etc/apt/sources.list.d/obstack-bookworm-backports.list >/dev/null
+      qemu_release=(-t bookworm-backports)
+    fi
+    step "apt-get install ${qemu_release[*]} qemu-system-x86"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "${qemu_release[@]}" qemu-system-x86
   fi
   # The Packer tests need a Packer with the amazon builder built in (1.6.x: Debian's package, or
   # HashiCorp's 1.6.6 as ci.yml installs); a newer one has no Amazon plugin offline.

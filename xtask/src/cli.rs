@@ -65,15 +65,21 @@ pub enum BenchTarget {
     Bake,
     /// The boot agent's data-volume mount step on loop devices (root): first and later boot, repair of a dirty 8 GiB ext4, growth from 8 to 16 GiB.
     Mount,
+    /// Each role's image booted as a VM (root, qemu): seconds to every unit active and to
+    /// healthy, first boot and replacement, and whether KVM or TCG ran.
+    Boot,
 }
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  cargo xtask bench app\n  cargo xtask bench app --duration 5s --rounds 5\n  cargo xtask bench mount   # as root: it formats and mounts a loop device"
+    after_help = "Examples:\n  cargo xtask bench app\n  cargo xtask bench app --duration 5s --rounds 5\n  cargo xtask bench mount   # as root: it formats and mounts a loop device\n  cargo xtask bench boot    # as root, with qemu: boots every role's image as a VM\n  cargo xtask bench boot --role loki --role grafana"
 )]
 pub struct BenchArgs {
     /// What to benchmark.
     pub target: BenchTarget,
+    /// `boot` only: boot this role (repeatable; default every role).
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
     /// How long each load run lasts, e.g. `10s` (at least 1s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,

@@ -3,9 +3,9 @@
 //!
 //! One module per command (`bake`, `deploy`, `restore`, `images`, `prune`, `pin`, `up`,
 //! `bench`, `open`), the role registry (`roles`), the choice of AMIs to launch (`select`),
-//! wrappers for AWS (`ami`), Packer (`packer`), processes (`cmd`) and Session Manager
-//! tunnels (`tunnel`), and small shared helpers (`table`, `atomic`, `report`, `moto`,
-//! `slack`).
+//! wrappers for AWS (`ami`), Packer (`packer`), processes (`cmd`), Session Manager tunnels
+//! (`tunnel`) and virtual machines booting the images (`vm`), and small shared helpers
+//! (`table`, `atomic`, `report`, `moto`, `slack`).
 
 pub mod ami;
 pub mod atomic;
@@ -36,3 +36,4 @@ pub mod tunnel;
 pub mod up;
 pub mod verify;
 pub mod versions;
+pub mod vm;

@@ -13,7 +13,7 @@ use rehearsal_kit::{builder, checks, provision, registry, roles, steps, Download
 
 /// Runs `rehearse` for each of `cases` on its own thread (the work is mostly waiting on
 /// apt, dpkg and the disk) and fails with every case's failure, not only the first.
-fn in_parallel<T: Sync>(
+pub fn in_parallel<T: Sync>(
     cases: &[T],
     label: impl Fn(&T) -> String + Sync,
     rehearse: impl Fn(&T) + Sync,

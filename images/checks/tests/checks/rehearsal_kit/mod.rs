@@ -46,8 +46,10 @@ impl Downloads {
         DOWNLOADS.get_or_init(|| {
             let real = Manifest::load(&images_dir().join("versions.toml"))
                 .unwrap_or_else(|e| panic!("{e:#}"));
-            let archives = standins::archives(&real);
-            // Rewritten by every run (one rehearsal binary runs at a time), never left in /tmp.
+            let standin = std::fs::read(standin_program())
+                .unwrap_or_else(|e| panic!("{}: {e}", standin_program().display()));
+            let archives = standins::archives(&real, &standin);
+            // This process's own (never left in /tmp).
             let dir = fresh_dir("downloads");
             let certificate = https::Certificate::for_loopback(&dir);
             let files = archives
@@ -103,9 +105,41 @@ pub fn artifacts_dir() -> &'static Path {
     })
 }
 
-/// An empty `name` directory in the rehearsal's scratch space.
+/// The `upstream-standin` program (the stand-in archives' Loki, Promtail and Grafana),
+/// built by the suite with this test binary, without its debug info. Made once.
+pub fn standin_program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let stripped = fresh_dir("standin").join("upstream-standin");
+        let status = std::process::Command::new(testkit::require_tool("strip"))
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&stripped)
+            .arg(env!("CARGO_BIN_EXE_upstream-standin"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "strip upstream-standin");
+        stripped
+    })
+}
+
+/// An empty `name` directory of this process in the rehearsal's scratch space. Test
+/// processes that rehearse at the same time (the rehearsal's and the boot tests) each get
+/// their own; those of processes that ended are deleted.
 fn fresh_dir(name: &str) -> PathBuf {
-    let dir = root::scratch().join(name);
+    let scratch = root::scratch();
+    let prefix = format!("{name}.");
+    for entry in std::fs::read_dir(&scratch).into_iter().flatten().flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let ended = file_name
+            .strip_prefix(&prefix)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if ended {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = scratch.join(format!("{prefix}{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

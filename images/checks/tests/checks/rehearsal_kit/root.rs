@@ -24,20 +24,26 @@ pub const MIRROR: &str = "http://deb.debian.org/debian";
 /// lacks, that the bake uses: systemctl/systemd-analyze, sudo (Packer's execute_command),
 /// sysctl, python3 (unzip_to), curl and CA certificates (the downloads), and cloud-init
 /// (installed with apt after debootstrap, which cannot resolve its virtual dependencies:
-/// the scripts wait for it and clean its state).
+/// the scripts wait for it and clean its state). Like the cloud image it also boots: a
+/// kernel with its initramfs (Debian's cloud flavour, the closest to AWS's), systemd as init,
+/// udev (the NVMe data volume's device) and dbus (logind's ACPI power-off), so the very
+/// roots the rehearsal provisions boot as virtual machines (`boot_kit`).
 pub const BASE: Recipe = Recipe {
     name: "rehearsal-base",
     suite: SUITE,
     mirror: MIRROR,
     include: &[
         "systemd",
+        "systemd-sysv",
+        "udev",
+        "dbus",
         "sudo",
         "procps",
         "python3",
         "ca-certificates",
         "curl",
     ],
-    apt_install: &["cloud-init"],
+    apt_install: &["cloud-init", "linux-image-cloud-amd64"],
     apt_sources: &[],
     finish: no_finish,
     revision: 1,
