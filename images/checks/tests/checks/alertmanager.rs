@@ -596,19 +596,23 @@ fn hook_has(stack: &Stack, receiver: &str, status: &str, alert: &str, severity: 
 
 /// The test's rules: one alert firing at both severities (the warning must be inhibited)
 /// and one warning alone (which must arrive, so the inhibition is what stops the other).
+/// The warning comes first: Prometheus sends each rule's alerts right after evaluating it,
+/// so when the switch goes off the warning's resolution reaches Alertmanager before the
+/// critical's. The other order leaves a moment (long on a loaded machine) in which the
+/// warning still fires and nothing inhibits it. Firing, the group's wait covers the order.
 const E2E_RULES: &str = r#"groups:
   - name: e2e
     rules:
       - alert: E2EPage
         expr: e2e_switch{job="demo-app"} == 1
         labels:
-          severity: critical
+          severity: warning
         annotations:
           summary: the e2e switch is on
       - alert: E2EPage
         expr: e2e_switch{job="demo-app"} == 1
         labels:
-          severity: warning
+          severity: critical
         annotations:
           summary: the e2e switch is on
       - alert: E2ETicket
