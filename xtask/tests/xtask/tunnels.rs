@@ -403,10 +403,19 @@ fn status_checks_a_stack_without_open_ports_through_tunnels_and_says_how_each_ui
 fn ctrl_c_during_status_closes_its_tunnels() {
     let aws = Aws::start();
     let scratch = tempfile::tempdir().unwrap();
-    // Every service takes its time: status is still checking when Ctrl-C comes.
     let services = Services::answering_after(Duration::from_secs(30));
     let (ids, terraform) = deployed(&aws, scratch.path());
-    let fake = install(scratch.path(), &forwards(&ids, &services));
+    let forwards = forwards(&ids, &services);
+    let fake = install(scratch.path(), &forwards);
+    // Grafana's agent stays offline: status keeps asking for its tunnel (for two minutes),
+    // the other two open, when Ctrl-C comes. A window that long holds on a loaded machine,
+    // where the few seconds of status's checks may pass before this test gets to run.
+    let refs: Vec<(&str, u16, u16)> = forwards
+        .iter()
+        .map(|(id, remote, local)| (id.as_str(), *remote, *local))
+        .collect();
+    let grafana = ids["grafana"].as_str();
+    fake.configure(&refs, &[(grafana, -1)]);
 
     let mut child = status_command(
         &aws,
@@ -420,14 +429,18 @@ fn ctrl_c_during_status_closes_its_tunnels() {
     .spawn()
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(90);
-    while fake.sessions().len() < 3 {
-        assert!(Instant::now() < deadline, "status opened no tunnels");
+    while fake.sessions().len() < 2
+        || !fake
+            .aws_calls()
+            .iter()
+            .any(|call| call.iter().any(|arg| arg == grafana))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "status did not open two tunnels and ask for Grafana's"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // At once: status is then opening its last tunnel or checking through them, and its
-    // checks give up on a silent service after 5 s (a loaded machine may take that long to
-    // get here, and status would have ended by itself).
-    std::thread::sleep(Duration::from_millis(200));
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let status = child.wait().unwrap();
     let mut stderr = String::new();
@@ -438,12 +451,15 @@ fn ctrl_c_during_status_closes_its_tunnels() {
         .read_to_string(&mut stderr)
         .unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
+    // The two open tunnels, and the attempt for Grafana's when it was still in flight.
     assert!(
-        stderr.contains("interrupted: closed 3 Session Manager tunnels"),
+        stderr.contains("interrupted: closed 2 Session Manager tunnels")
+            || stderr.contains("interrupted: closed 3 Session Manager tunnels"),
         "{stderr}"
     );
+    // Both plugins that listened ended their sessions (Grafana's never started one).
     let ended = fake.terminated();
-    assert_eq!(ended.len(), 3, "{stderr}");
+    assert_eq!(ended.len(), 2, "{stderr}");
     for (_, port) in ended {
         assert!(
             TcpListener::bind(("127.0.0.1", port)).is_ok(),
