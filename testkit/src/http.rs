@@ -1,71 +1,13 @@
 //! A loopback HTTP server for tests that stand in for someone else's service (a release
 //! download site, the instance metadata service): each request is answered by a closure.
+//! It is `xtask::loopback_http`'s server (the boot tests' AWS stand-ins), with a test's panics.
 
-use std::sync::Arc;
-use std::thread::JoinHandle;
-
-/// What the handler sees of a request.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub method: String,
-    /// The path with its query string, e.g. `/latest/meta-data/tags/instance`.
-    pub path: String,
-    headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Request {
-    /// The first value of header `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-    }
-}
-
-/// What the handler answers.
-#[derive(Debug, Clone)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Response {
-    pub fn ok(body: impl Into<Vec<u8>>) -> Response {
-        Response::status(200).body(body)
-    }
-
-    pub fn not_found() -> Response {
-        Response::status(404)
-    }
-
-    /// An empty response with `status`.
-    pub fn status(status: u16) -> Response {
-        Response {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-        }
-    }
-
-    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Response {
-        self.body = body.into();
-        self
-    }
-
-    pub fn header(mut self, name: &str, value: &str) -> Response {
-        self.headers.push((name.to_string(), value.to_string()));
-        self
-    }
-}
+pub use xtask::loopback_http::{Reply as Response, Request};
 
 /// A server on a free 127.0.0.1 port; it stops when dropped.
 pub struct TestServer {
     url: String,
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
+    _server: xtask::loopback_http::Server,
 }
 
 impl TestServer {
@@ -75,28 +17,11 @@ impl TestServer {
     where
         F: Fn(&Request) -> Response + Send + Sync + 'static,
     {
-        let handler = Arc::new(handler);
-        let server = Arc::new(
-            tiny_http::Server::http("127.0.0.1:0").expect("bind a loopback port for a test server"),
-        );
-        let url = format!(
-            "http://{}",
-            server
-                .server_addr()
-                .to_ip()
-                .expect("a TCP test server has an IP address")
-        );
-        let serving = server.clone();
-        let thread = std::thread::spawn(move || {
-            for incoming in serving.incoming_requests() {
-                let handler = Arc::clone(&handler);
-                std::thread::spawn(move || answer(incoming, handler.as_ref()));
-            }
-        });
+        let server = xtask::loopback_http::Server::start("test server", handler)
+            .unwrap_or_else(|e| panic!("{e:#}"));
         TestServer {
-            url,
-            server,
-            thread: Some(thread),
+            url: server.url(),
+            _server: server,
         }
     }
 
@@ -114,39 +39,6 @@ impl TestServer {
     /// The base URL, `http://127.0.0.1:PORT`, without a trailing slash.
     pub fn url(&self) -> &str {
         &self.url
-    }
-}
-
-fn answer(mut incoming: tiny_http::Request, handler: &dyn Fn(&Request) -> Response) {
-    let mut body = Vec::new();
-    let _ = std::io::Read::read_to_end(incoming.as_reader(), &mut body);
-    let request = Request {
-        method: incoming.method().as_str().to_ascii_uppercase(),
-        path: incoming.url().to_string(),
-        headers: incoming
-            .headers()
-            .iter()
-            .map(|h| (h.field.as_str().to_string(), h.value.to_string()))
-            .collect(),
-        body,
-    };
-    let answer = handler(&request);
-    let mut response = tiny_http::Response::from_data(answer.body).with_status_code(answer.status);
-    for (name, value) in &answer.headers {
-        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-            response.add_header(header);
-        }
-    }
-    // A client that gave up is the test's business, not the server's.
-    let _ = incoming.respond(response);
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -176,7 +68,7 @@ mod tests {
         let server = TestServer::start(|request| {
             let token = request.header("X-Token").unwrap_or("none").to_string();
             Response::status(201)
-                .header("X-Echo", &format!("{} {}", request.method, request.path))
+                .header("X-Echo", format!("{} {}", request.method, request.path))
                 .body(format!(
                     "{token}:{}",
                     String::from_utf8_lossy(&request.body)

@@ -17,6 +17,7 @@ pub mod cmd;
 pub mod deploy;
 pub mod hash;
 pub mod images;
+pub mod loopback_http;
 pub mod loopdev;
 pub mod moto;
 pub mod open;

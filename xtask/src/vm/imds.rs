@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use super::http::{Reply, Request, Server};
+use crate::loopback_http::{Reply, Request, Server};
 
 /// Everything one instance's metadata holds.
 #[derive(Debug, Clone)]

@@ -18,7 +18,6 @@ pub mod accel;
 pub mod console;
 pub mod disk;
 pub mod guest;
-mod http;
 pub mod imds;
 pub mod machine;
 pub mod probe;

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use super::http::{Reply, Request, Server};
 use super::imds::Credentials;
+use crate::loopback_http::{Reply, Request, Server};
 
 struct State {
     parameters: BTreeMap<String, String>,

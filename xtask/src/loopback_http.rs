@@ -1,6 +1,7 @@
-//! A loopback HTTP server that answers each request with a closure, one thread per request:
-//! what the instance's AWS stand-ins ([`super::imds`], [`super::ssm`]) are built on. The
-//! guest reaches them through qemu's `guestfwd` forwards, never over a real network.
+//! A loopback HTTP server that answers each request with a closure, one thread per request
+//! (so a handler that takes its time never holds up the others): what the instance's AWS
+//! stand-ins ([`crate::vm::imds`], [`crate::vm::ssm`]) are built on, and `testkit`'s test servers.
+//! The guest reaches them through qemu's `guestfwd` forwards, never over a real network.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 
 /// What a handler sees of a request.
+#[derive(Debug, Clone)]
 pub struct Request {
     pub method: String,
     /// Path and query, e.g. `/latest/meta-data/tags/instance`.
@@ -28,23 +30,43 @@ impl Request {
 }
 
 /// What a handler answers.
+#[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
 
 impl Reply {
     pub fn new(status: u16, body: impl Into<Vec<u8>>) -> Reply {
+        Reply::status(status).body(body)
+    }
+
+    /// 200 with `body`.
+    pub fn ok(body: impl Into<Vec<u8>>) -> Reply {
+        Reply::new(200, body)
+    }
+
+    pub fn not_found() -> Reply {
+        Reply::status(404)
+    }
+
+    /// An empty reply with `status`.
+    pub fn status(status: u16) -> Reply {
         Reply {
             status,
             headers: Vec::new(),
-            body: body.into(),
+            body: Vec::new(),
         }
     }
 
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
-        self.headers.push((name, value.into()));
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Reply {
+        self.body = body.into();
+        self
+    }
+
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Reply {
+        self.headers.push((name.into(), value.into()));
         self
     }
 }
@@ -87,6 +109,11 @@ impl Server {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
 }
 
 fn answer(mut incoming: tiny_http::Request, handler: &dyn Fn(&Request) -> Reply) {
@@ -109,7 +136,7 @@ fn answer(mut incoming: tiny_http::Request, handler: &dyn Fn(&Request) -> Reply)
             response.add_header(header);
         }
     }
-    // A guest that gave up on a request is its own business.
+    // A client that gave up on a request is its own business.
     let _ = incoming.respond(response);
 }
 
