@@ -73,13 +73,9 @@ impl FakeTerraform {
 
     /// Adds (or replaces) outputs, as `{"name": value}`: each becomes `{"value": value}`.
     pub fn with_outputs(self, values: serde_json::Value) -> FakeTerraform {
-        let text = std::fs::read_to_string(&self.outputs).expect("read the outputs fixture");
-        let mut outputs: serde_json::Value =
-            serde_json::from_str(&text).expect("the outputs fixture is JSON");
         for (name, value) in values.as_object().expect("outputs as a JSON object") {
-            outputs[name] = serde_json::json!({"sensitive": false, "value": value});
+            self.set_output(name, value.clone());
         }
-        std::fs::write(&self.outputs, outputs.to_string()).expect("write the outputs fixture");
         self
     }
 

@@ -71,9 +71,7 @@ impl Deployment {
         }
         let mut parameters = BTreeMap::new();
         for role in registry().roles() {
-            // The secrets every deployment has; the optional ones (the alert webhooks' URLs)
-            // are left out, as Terraform leaves their tags out by default.
-            for secret in spec(&role.name).secrets.into_iter().filter(|s| !s.optional) {
+            for secret in required_secrets(&role.name) {
                 parameters.insert(
                     parameter_name(name, &role.name, &secret.name_tag),
                     random_hex(12),
@@ -121,7 +119,7 @@ impl Deployment {
                 self.address(peer).to_string(),
             );
         }
-        for secret in spec(&role.name).secrets.into_iter().filter(|s| !s.optional) {
+        for secret in required_secrets(&role.name) {
             tags.insert(
                 secret.name_tag.clone(),
                 parameter_name(&self.name, &role.name, &secret.name_tag),
@@ -198,6 +196,16 @@ pub fn spec(role: &str) -> RoleSpec {
 
 /// Terraform's name for the parameter a secret tag names: the Grafana admin password is
 /// `/obstack/<deployment>/grafana/admin-password` (terraform/secrets.tf).
+/// The secrets every deployment of `role` has; the optional ones (the alert webhooks' URLs)
+/// are left out, as Terraform leaves their tags out by default.
+fn required_secrets(role: &str) -> Vec<stack_agent::SecretSpec> {
+    spec(role)
+        .secrets
+        .into_iter()
+        .filter(|secret| !secret.optional)
+        .collect()
+}
+
 fn parameter_name(deployment: &str, role: &str, tag: &str) -> String {
     let what = tag
         .strip_prefix("obstack:")
